@@ -1,0 +1,1 @@
+"""Per-image and release-level checks, each behind one interface (see :mod:`.base`)."""

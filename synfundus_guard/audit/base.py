@@ -1,0 +1,88 @@
+"""The interface every per-image check implements, and the fail-closed runner around it.
+
+A check looks at a batch of candidate images and returns one :class:`Finding` per image: scores, a flag,
+human-readable reasons, and private evidence (which may name training images and so never enters a public
+file). Checks receive their thresholds when they are built (from calibration and the policy); the policy's
+``action`` for the check decides whether a flag blocks the image (see :mod:`synfundus_guard.policies`).
+
+:func:`run_checks` runs checks so that an exception inside a check becomes a flagged finding whose reason is
+the error: when a check cannot run, the image does not ship.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One image under test: a synthetic sample in the sampler, or a release file in an audit."""
+
+    file_name: str
+    """Release-relative name (public)."""
+    image: np.ndarray
+    """float32 RGB array (H, W, 3) in [0, 1]."""
+    path: Path | None = None
+    """The file on disk when there is one (the metadata check re-reads it)."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one check concluded about one image."""
+
+    check: str
+    """Name of the check that produced it."""
+    flagged: bool
+    """True when the check found a (possible) leak, or could not run."""
+    reasons: tuple[str, ...] = ()
+    """One line per problem, public: never names a training image or patient."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """Numeric evidence (public), e.g. ``{"memorization.embedding_sim": 0.93}``."""
+    private: dict[str, Any] = field(default_factory=dict)
+    """Evidence that may name training images (closest pairs); written only to the private report."""
+    error: str | None = None
+    """Set when the check failed to run; the image then fails closed."""
+
+
+class Check(abc.ABC):
+    """A per-image check. Subclasses set ``name`` and implement :meth:`check_batch`."""
+
+    name: str = "check"
+
+    @abc.abstractmethod
+    def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
+        """Return exactly one finding per candidate, in order."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Public description of the check's configuration and thresholds (for reports and manifests)."""
+        return {"name": self.name}
+
+
+def failed_closed(check: str, error: str) -> Finding:
+    """The finding recorded when ``check`` could not run on an image."""
+    return Finding(check=check, flagged=True, reasons=(f"{check} check could not run: {error}",), error=error)
+
+
+def run_checks(checks: Sequence[Check], batch: Sequence[Candidate]) -> list[list[Finding]]:
+    """Run every check on ``batch``; returns, per image, the list of findings (one per check).
+
+    Any exception, or a check returning the wrong number of findings, fails every image of the batch closed
+    for that check, with the error as the reason.
+    """
+    per_image: list[list[Finding]] = [[] for _ in batch]
+    for check in checks:
+        try:
+            findings = check.check_batch(batch)
+            if len(findings) != len(batch):
+                raise RuntimeError(f"returned {len(findings)} findings for {len(batch)} images")
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything a check raises
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            findings = [failed_closed(check.name, msg) for _ in batch]
+        for slot, finding in zip(per_image, findings):
+            slot.append(finding)
+    return per_image

@@ -1,0 +1,1 @@
+"""Command-line interface: thin Typer wrappers over library functions; the only place with exit codes."""

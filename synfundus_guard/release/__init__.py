@@ -1,0 +1,1 @@
+"""Release artefacts: reports, manifests, imagefolder metadata and CI report formats."""
