@@ -32,6 +32,8 @@ class ImageResult:
     scores: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     """Flags from checks whose policy action is ``warn``: reported, not blocking."""
+    checks: dict[str, str] = field(default_factory=dict)
+    """Per check name: ``"pass"``, ``"flag"`` or ``"error"`` (so a gate can re-apply a policy's actions)."""
 
 
 @dataclass
