@@ -1,0 +1,128 @@
+"""Memorization check: is an image a (transformed) copy of a training image?
+
+Stage 1 embeds every query view (flips, small rotations) and retrieves the ``k`` nearest training images from
+the FAISS index. Stage 2 aligns the image with each retrieved candidate in pixel space
+(:mod:`.pixel_match`) and keeps the best normalised cross-correlation. Two scores per image:
+
+* ``memorization.embedding_sim`` — best embedding inner product (higher = closer);
+* ``memorization.pixel_ncc`` — best aligned pixel correlation over the candidates (higher = closer).
+
+Each is compared with a threshold calibrated on holdout (other-patient) images scored the same way
+(:mod:`synfundus_guard.index.calibrate`); the policy chooses the quantile. Both scores are higher-is-closer,
+so "closer than a new patient gets" means "above the threshold".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..index.store import GuardIndex
+from .base import Candidate, Check, Finding
+from .pixel_match import QuerySketch
+
+EMB_KEY = "memorization.embedding_sim"
+PIX_KEY = "memorization.pixel_ncc"
+COARSE_ANGLES = (-8.0, -4.0, 0.0, 4.0, 8.0)
+"""Rotations tried in stage 2 when the embedder cannot tell which rotation matched."""
+
+
+@dataclass(frozen=True)
+class MemoScore:
+    """Scores of one image against the training set, with private evidence."""
+
+    embedding_sim: float
+    pixel_ncc: float
+    best: int
+    """Index (into the training index) of the closest training image by pixel score."""
+    transform: dict[str, float] = field(default_factory=dict)
+    candidates: tuple[int, ...] = ()
+
+
+def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[MemoScore]:
+    """Score images against the training index (both stages)."""
+    emb = index.embed(images, views=True)  # (n, V, D)
+    n, v, d = emb.shape
+    sims, idx = index.search(emb.reshape(n * v, d), k)
+    sims, idx = sims.reshape(n, v, -1), idx.reshape(n, v, -1)
+    out = []
+    for i, img in enumerate(images):
+        # best view per candidate training image
+        best_view: dict[int, tuple[float, int]] = {}
+        for view in range(v):
+            for s, j in zip(sims[i, view], idx[i, view]):
+                if j >= 0 and (j not in best_view or s > best_view[j][0]):
+                    best_view[int(j)] = (float(s), view)
+        cands = sorted(best_view, key=lambda j: -best_view[j][0])[:k]
+        query = QuerySketch(img)
+        best_score, best_j, best_t = -1.0, -1, {}
+        for j in cands:
+            flip, angle = index.embedder.view_params(best_view[j][1])
+            angles = COARSE_ANGLES if angle is None else (angle,)
+            for a in angles:
+                score, t = query.score(np.asarray(index.sketches[j]), flip=flip, angle=a)
+                if score > best_score:
+                    best_score, best_j, best_t = score, j, t
+        emb_sim = best_view[cands[0]][0] if cands else -1.0
+        out.append(MemoScore(emb_sim, best_score, best_j, best_t, tuple(cands)))
+    return out
+
+
+class MemorizationCheck(Check):
+    """Flags images closer to a training image than holdout patients get (either stage)."""
+
+    name = "memorization"
+
+    def __init__(self, *, index: GuardIndex, k: int, embedding_threshold: float, pixel_threshold: float,
+                 calibration_info: dict | None = None):
+        self.index = index
+        self.k = k
+        self.embedding_threshold = float(embedding_threshold)
+        self.pixel_threshold = float(pixel_threshold)
+        self.calibration_info = calibration_info or {}
+
+    def fingerprint(self) -> dict:
+        return {
+            "name": self.name,
+            "k": self.k,
+            "embedding_threshold": self.embedding_threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "embedder": self.index.embedder.fingerprint(),
+            **self.calibration_info,
+        }
+
+    def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
+        scores = score_images(self.index, [c.image for c in batch], k=self.k)
+        findings = []
+        for s in scores:
+            reasons = []
+            if s.embedding_sim > self.embedding_threshold:
+                reasons.append(
+                    f"near-copy of a training image: embedding similarity {s.embedding_sim:.3f} > "
+                    f"{self.embedding_threshold:.3f}"
+                )
+            if s.pixel_ncc > self.pixel_threshold:
+                reasons.append(
+                    f"near-copy of a training image: aligned pixel correlation {s.pixel_ncc:.3f} > "
+                    f"{self.pixel_threshold:.3f}"
+                )
+            rec = self.index.records[s.best] if s.best >= 0 else {}
+            private = {
+                "closest_training_image": rec.get("file_name"),
+                "closest_image_id": rec.get("image_id"),
+                "closest_patient_id": rec.get("patient_id"),
+                "closest_index": s.best,
+                "transform": s.transform,
+            }
+            findings.append(
+                Finding(
+                    check=self.name,
+                    flagged=bool(reasons),
+                    reasons=tuple(reasons),
+                    scores={EMB_KEY: round(s.embedding_sim, 6), PIX_KEY: round(s.pixel_ncc, 6)},
+                    private=private,
+                )
+            )
+        return findings

@@ -1,0 +1,122 @@
+"""Field-of-view (FOV) detection and geometric canonicalisation.
+
+A fundus camera records the retina as a bright disc on a black background. The disc is fixed by the camera, so
+its centre and radius normalise away image size, crops, padding and small shifts/scales of the whole frame.
+Images without such a disc (chest X-rays, skin, histology, tightly cropped fundus photos) get the whole frame as
+their FOV: canonicalisation then simply pads to a square and resizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+_WORK_SIDE = 256  # FOV detection runs on a copy at most this large
+
+
+@dataclass(frozen=True)
+class Fov:
+    """The field of view of an image, in pixel coordinates of the original image."""
+
+    cx: float
+    cy: float
+    radius: float
+    """Radius of the disc; for non-disc images, half the longer side."""
+    is_disc: bool
+    """True when a circular FOV on a dark background was found."""
+
+
+def _fit_circle(ys: np.ndarray, xs: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares (Kasa) circle fit; returns (cx, cy, r)."""
+    a = np.column_stack([xs, ys, np.ones_like(xs)])
+    b = xs**2 + ys**2
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    cx, cy = sol[0] / 2, sol[1] / 2
+    r = float(np.sqrt(max(sol[2] + cx**2 + cy**2, 0.0)))
+    return float(cx), float(cy), r
+
+
+def detect_fov(img: np.ndarray) -> Fov:
+    """Find the bright circular field of view of ``img`` (float RGB in [0, 1]).
+
+    Returns a disc FOV when the bright region is a disc (possibly cut by the frame) on a dark background,
+    otherwise the whole frame.
+    """
+    h, w = img.shape[:2]
+    whole = Fov(cx=(w - 1) / 2, cy=(h - 1) / 2, radius=max(h, w) / 2, is_disc=False)
+    scale = min(1.0, _WORK_SIDE / max(h, w))
+    lum = img.mean(axis=2)
+    if scale < 1.0:
+        lum = resize_image(lum[..., None], max(8, round(h * scale)), max(8, round(w * scale)))[..., 0]
+    sh, sw = lum.shape
+    lo, hi = np.percentile(lum, [1, 99])
+    if hi - lo < 0.05 or lo > 0.1:
+        return whole  # no dark background
+    mask = lum > lo + 0.12 * (hi - lo)
+    mask = ndi.binary_opening(mask, iterations=2)
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return whole
+    sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
+    mask = ndi.binary_fill_holes(labels == (1 + int(np.argmax(sizes))))
+    frac = mask.mean()
+    if frac > 0.97 or frac < 0.15:
+        return whole
+    edge = mask & ~ndi.binary_erosion(mask)
+    ys, xs = np.nonzero(edge)
+    inner = (ys > 1) & (ys < sh - 2) & (xs > 1) & (xs < sw - 2)  # boundary not made by the frame
+    if inner.sum() < 20:
+        return whole
+    cx, cy, r = _fit_circle(ys[inner].astype(float), xs[inner].astype(float))
+    # The region must actually be a disc: boundary points lie on the circle, and the disc covers the mask.
+    resid = np.abs(np.hypot(ys[inner] - cy, xs[inner] - cx) - r)
+    yy, xx = np.mgrid[:sh, :sw]
+    disc = np.hypot(yy - cy, xx - cx) <= r
+    iou = (disc & mask).sum() / max((disc | mask).sum(), 1)
+    if np.median(resid) > 0.02 * r or iou < 0.9 or r < 0.2 * min(sh, sw):
+        return whole
+    return Fov(cx=cx / scale, cy=cy / scale, radius=r / scale, is_disc=True)
+
+
+def resize_image(img: np.ndarray, nh: int, nw: int) -> np.ndarray:
+    """Area-averaging (downscale) or bilinear (upscale) resize of a float image, channel by channel."""
+    if (nh, nw) == img.shape[:2]:
+        return img
+    filt = Image.BOX if nh < img.shape[0] else Image.BILINEAR
+    chans = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c], dtype=np.float32), mode="F").resize((nw, nh), filt))
+        for c in range(img.shape[2])
+    ]
+    return np.stack(chans, axis=2)
+
+
+def canonical_crop(img: np.ndarray, fov: Fov, side: int, *, margin: float = 1.0) -> np.ndarray:
+    """Resample the FOV of ``img`` into a ``side`` x ``side`` square centred on the FOV.
+
+    For a disc, the square spans ``margin`` x the disc diameter and pixels outside the image are black; for a
+    whole-frame FOV, the image is padded to a square (black) and resized.
+    """
+    h, w = img.shape[:2]
+    half = fov.radius * margin
+    x0, y0 = fov.cx - half, fov.cy - half
+    s = side / (2 * half)
+    # Resize the whole image with anti-aliasing so that the crop has ``side`` pixels across, then crop.
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = resize_image(img, nh, nw)
+    ox, oy = round(x0 * s), round(y0 * s)
+    out = np.zeros((side, side, img.shape[2]), dtype=np.float32)
+    sx0, sy0 = max(0, ox), max(0, oy)
+    sx1, sy1 = min(nw, ox + side), min(nh, oy + side)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = small[sy0:sy1, sx0:sx1]
+    return out
+
+
+def disc_mask(side: int, *, shrink: float = 0.97) -> np.ndarray:
+    """Boolean mask of the inscribed disc of a ``side`` x ``side`` canonical image (slightly shrunk)."""
+    c = (side - 1) / 2
+    yy, xx = np.mgrid[:side, :side]
+    return np.hypot(yy - c, xx - c) <= shrink * side / 2

@@ -1,0 +1,133 @@
+"""The built-in default embedder: field-of-view-normalised, rank-equalised pixels with PCA whitening.
+
+Why this design: it needs no downloaded weights, and near-copy detection in fundus images is a geometric and
+photometric *invariance* problem rather than a semantic one.
+
+* The field-of-view disc fixes centre and scale (shift/scale/crop of the frame are undone).
+* Per-channel rank equalisation inside the FOV makes the features invariant to any monotonic intensity change
+  (brightness, contrast, gamma); a light blur first absorbs noise and JPEG artefacts.
+* Two blocks: a 16x16 colour layout (disc position, pigmentation, lesions) and a 32x32 band-pass of the
+  luminance (the vessel tree, the identity-bearing structure).
+* Query views cover horizontal flips and small rotations about the FOV centre.
+* PCA fitted on the training set keeps the directions in which training images differ from each other and
+  partially whitens them (power 0.5 on the eigenvalues), so shared anatomy counts less than identity.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..data.fov import canonical_crop, detect_fov, disc_mask, resize_image
+from .base import Embedder, l2_normalize
+
+_SIDE = 48
+_COLOUR_SIDE = 16
+_BAND_SIDE = 32
+VIEW_ANGLES = (0.0, -8.0, -4.0, 4.0, 8.0)
+"""Rotations (degrees) of the query views; each is taken with and without a horizontal flip."""
+
+
+def _rank_equalise(chan: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    vals = chan[mask]
+    ranks = np.empty(vals.size, dtype=np.float32)
+    ranks[np.argsort(vals, kind="stable")] = np.linspace(-1.0, 1.0, vals.size, dtype=np.float32)
+    out = np.zeros_like(chan)
+    out[mask] = ranks
+    return out
+
+
+def _block_mean(x: np.ndarray, side: int) -> np.ndarray:
+    f = x.shape[0] // side
+    return x.reshape(side, f, side, f).mean(axis=(1, 3))
+
+
+class PixelEmbedder(Embedder):
+    """Default offline embedder (see module docstring)."""
+
+    name = "pixel"
+    VERSION = "pixel-v1"
+
+    def __init__(self, *, dim: int = 128, whiten_power: float = 0.5):
+        self.dim = dim
+        self.whiten_power = whiten_power
+        self._mean: np.ndarray | None = None
+        self._proj: np.ndarray | None = None
+        self._mask = disc_mask(_SIDE, shrink=0.95)
+
+    @property
+    def n_views(self) -> int:
+        return 2 * len(VIEW_ANGLES)
+
+    def view_params(self, view: int) -> tuple[bool, float | None]:
+        return view >= len(VIEW_ANGLES), VIEW_ANGLES[view % len(VIEW_ANGLES)]
+
+    def feature_fingerprint(self) -> str:
+        return f"{self.VERSION}:side{_SIDE}:c{_COLOUR_SIDE}:b{_BAND_SIDE}"
+
+    # --- raw features ---------------------------------------------------------------------------------
+    def _canonical(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fov = detect_fov(img)
+        canon = canonical_crop(img, fov, _SIDE)
+        mask = self._mask if fov.is_disc else np.ones((_SIDE, _SIDE), dtype=bool)
+        return canon, mask
+
+    def _view_features(self, canon: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        smooth = ndi.gaussian_filter(canon, sigma=(0.8, 0.8, 0))
+        eq = np.stack([_rank_equalise(smooth[..., c], mask) for c in range(3)], axis=2)
+        colour = np.stack([_block_mean(eq[..., c], _COLOUR_SIDE) for c in range(3)], axis=0).ravel()
+        lum = eq.mean(axis=2)
+        band = np.where(mask, ndi.gaussian_filter(lum, 0.7) - ndi.gaussian_filter(lum, 2.5), 0.0)
+        band = resize_image(band[..., None].astype(np.float32), _BAND_SIDE, _BAND_SIDE)[..., 0]
+        colour = colour - colour.mean()
+        band = band.ravel() - band.mean()
+        colour /= max(np.linalg.norm(colour), 1e-6)
+        band /= max(np.linalg.norm(band), 1e-6)
+        return np.concatenate([colour, band]).astype(np.float32)
+
+    def _views(self, canon: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for flip in (False, True):
+            base = canon[:, ::-1] if flip else canon
+            for angle in VIEW_ANGLES:
+                view = base if angle == 0 else ndi.rotate(base, angle, axes=(1, 0), reshape=False, order=1, mode="constant")
+                out.append(self._view_features(view, mask))
+        return out
+
+    def features(self, images: Sequence[np.ndarray], *, views: bool = False) -> np.ndarray:
+        rows = []
+        for img in images:
+            canon, mask = self._canonical(img)
+            rows.append(np.stack(self._views(canon, mask)) if views else self._view_features(canon, mask))
+        return np.stack(rows).astype(np.float32)
+
+    # --- projection -----------------------------------------------------------------------------------
+    def fit(self, features: np.ndarray) -> None:
+        """PCA on training features, keeping ``dim`` components, partially whitened."""
+        x = np.asarray(features, dtype=np.float64)
+        self._mean = x.mean(axis=0)
+        xc = x - self._mean
+        _, s, vt = np.linalg.svd(xc, full_matrices=False)
+        k = int(min(self.dim, max(1, len(x) - 1), vt.shape[0]))
+        var = (s[:k] ** 2) / max(len(x) - 1, 1)
+        var = var + 1e-3 * var.mean()  # shrinkage: never divide by a near-zero variance
+        self._proj = (vt[:k].T / var**(self.whiten_power / 2)).astype(np.float32)
+        self._mean = self._mean.astype(np.float32)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        if self._proj is None or self._mean is None:
+            raise RuntimeError("PixelEmbedder.project called before fit()")
+        return l2_normalize((features - self._mean) @ self._proj)
+
+    def state(self) -> dict[str, np.ndarray]:
+        if self._proj is None or self._mean is None:
+            return {}
+        return {"mean": self._mean, "proj": self._proj, "whiten_power": np.float32(self.whiten_power)}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self._mean = np.asarray(state["mean"], dtype=np.float32)
+        self._proj = np.asarray(state["proj"], dtype=np.float32)
+        self.whiten_power = float(state["whiten_power"])
+        self.dim = self._proj.shape[1]

@@ -1,0 +1,96 @@
+"""Calibration: how close do *new patients* get to the training set?
+
+Holdout images (other patients, never trained on) are scored against the training index exactly like release
+images. Their score distributions are the reference: a release image is flagged when it is closer to a
+training image than the policy's quantile of holdout images. Calibration results are cached in the index
+folder, keyed by the holdout set's content fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..audit.memorization import score_images
+from ..data.folder import ImageRecord
+from ..data.images import load_image
+from ..errors import InputError
+from ..fsutil import atomic_write_json
+from ..progress import NULL_PROGRESS, Progress
+from .store import GuardIndex, dataset_fingerprint, hash_records
+
+MIN_HOLDOUT = 20
+"""Fewer holdout images cannot support a quantile threshold; calibration refuses them."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Holdout→train score samples."""
+
+    embedding_sims: np.ndarray
+    pixel_nccs: np.ndarray
+    holdout_fingerprint: str
+    k: int
+
+    def threshold(self, scores: np.ndarray, quantile: float) -> float:
+        """The ``quantile`` of a holdout score sample (linear interpolation; 1.0 = the maximum)."""
+        return float(np.quantile(scores, quantile))
+
+    def summary(self) -> dict:
+        """Public summary (no identities): sample size and distribution quantiles."""
+        def q(a: np.ndarray) -> dict:
+            return {f"q{p}": round(float(np.quantile(a, p / 100)), 6) for p in (50, 90, 99, 100)}
+
+        return {"n_holdout": int(len(self.embedding_sims)), "k": self.k,
+                "embedding_sim": q(self.embedding_sims), "pixel_ncc": q(self.pixel_nccs)}
+
+
+def check_disjoint(train: GuardIndex, holdout: Sequence[ImageRecord], holdout_shas: Sequence[str]) -> None:
+    """Refuse a holdout set that shares patients or images with the training set (InputError with counts)."""
+    train_patients = {r["patient_id"] for r in train.records if not r["patient_id"].startswith("?")}
+    overlap = {r.patient_id for r in holdout} & train_patients
+    if overlap:
+        raise InputError(
+            f"holdout overlaps the training set: {len(overlap)} patient(s) appear in both; splits must be "
+            "patient-disjoint"
+        )
+    shared = set(holdout_shas) & {r["sha256"] for r in train.records}
+    if shared:
+        raise InputError(f"holdout overlaps the training set: {len(shared)} identical image(s) appear in both")
+
+
+def calibrate(
+    index: GuardIndex,
+    holdout: Sequence[ImageRecord],
+    *,
+    k: int,
+    batch_size: int = 16,
+    progress: Progress = NULL_PROGRESS,
+) -> Calibration:
+    """Score the holdout set against the index (cached in the index folder)."""
+    if len(holdout) < MIN_HOLDOUT:
+        raise InputError(f"holdout set has {len(holdout)} images; at least {MIN_HOLDOUT} are needed to calibrate")
+    shas = hash_records(holdout, progress, "holdout set")
+    check_disjoint(index, holdout, shas)
+    fp = dataset_fingerprint(shas)
+    cache_path = Path(index.path) / "calibration" / f"{fp[:24]}-k{k}.json"
+    if cache_path.is_file():
+        try:
+            data = json.loads(cache_path.read_text())
+            return Calibration(np.asarray(data["embedding_sims"]), np.asarray(data["pixel_nccs"]), fp, k)
+        except (OSError, ValueError, KeyError):
+            pass  # recompute a damaged cache entry
+    emb, pix = [], []
+    with progress.task("Calibrating on holdout", total=len(holdout)) as t:
+        for i in range(0, len(holdout), batch_size):
+            chunk = holdout[i : i + batch_size]
+            scores = score_images(index, [load_image(r.path) for r in chunk], k=k)
+            emb.extend(s.embedding_sim for s in scores)
+            pix.extend(s.pixel_ncc for s in scores)
+            t.advance(len(chunk))
+    atomic_write_json(cache_path, {"embedding_sims": emb, "pixel_nccs": pix})
+    return Calibration(np.asarray(emb), np.asarray(pix), fp, k)

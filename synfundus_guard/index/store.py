@@ -1,0 +1,226 @@
+"""Build, save, load and search the index of training images.
+
+An index folder is *private* (it names training files) and holds:
+
+* ``index.faiss`` — FAISS inner-product index of the projected embeddings (exact ``flat`` by default,
+  ``hnsw`` for very large training sets);
+* ``sketches.npy`` — stage-2 pixel sketches, float16, memory-mapped at search time;
+* ``embedder.npz`` — the fitted projection of the embedder;
+* ``records.json`` — file name, image id, patient id and content hash of every indexed image;
+* ``meta.json`` — fingerprints: embedder, features, dataset; a loader refuses an index built with another
+  embedder (:class:`~synfundus_guard.errors.IndexMismatchError`).
+
+Building streams images in batches (never all in memory) and caches per-image features by content hash.
+The folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from ..audit.pixel_match import SKETCH_SIDE, SKETCH_VERSION, make_sketch
+from ..data.folder import ImageRecord, scan_folder
+from ..data.images import load_image
+from ..embed.base import Embedder
+from ..embed.cache import ArrayCache
+from ..errors import IndexMismatchError, InputError
+from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
+from ..progress import NULL_PROGRESS, Progress
+
+INDEX_VERSION = "guard-index-v1"
+_PCA_SAMPLE = 20_000
+"""At most this many training images fit the embedder's projection (a random sample beyond that)."""
+
+
+def dataset_fingerprint(shas: Sequence[str]) -> str:
+    """Order-independent fingerprint of a set of images (by content)."""
+    return sha256_bytes("\n".join(sorted(shas)).encode())
+
+
+def hash_records(records: Sequence[ImageRecord], progress: Progress = NULL_PROGRESS, what: str = "images") -> list[str]:
+    """Content sha256 of every record's file, with progress."""
+    out = []
+    with progress.task(f"Hashing {what}", total=len(records)) as t:
+        for r in records:
+            try:
+                out.append(sha256_file(r.path))
+            except OSError as exc:
+                raise InputError(f"{r.path}: cannot read ({exc.strerror or exc})") from None
+            t.advance()
+    return out
+
+
+def compute_features(
+    records: Sequence[ImageRecord],
+    shas: Sequence[str],
+    *,
+    embedder: Embedder,
+    cache: ArrayCache,
+    batch_size: int,
+    progress: Progress,
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw features ``(n, F)`` and sketches ``(n, S, S)`` of records, from the cache where possible."""
+    ffp, sfp = embedder.feature_fingerprint(), SKETCH_VERSION
+    feats: list[np.ndarray] = []
+    sketches: list[np.ndarray] = []
+    with progress.task(f"Embedding {what}", total=len(records)) as t:
+        for i in range(0, len(records), batch_size):
+            recs, hs = records[i : i + batch_size], list(shas[i : i + batch_size])
+            got_f, got_s = cache.get_many(ffp, hs), cache.get_many(sfp, hs)
+            todo = [j for j, h in enumerate(hs) if h not in got_f or h not in got_s]
+            if todo:
+                imgs = [load_image(recs[j].path) for j in todo]
+                new_f = embedder.features(imgs)
+                new_s = [make_sketch(im) for im in imgs]
+                cache.put_many(ffp, {hs[j]: new_f[n] for n, j in enumerate(todo)})
+                cache.put_many(sfp, {hs[j]: new_s[n] for n, j in enumerate(todo)})
+                got_f.update({hs[j]: new_f[n] for n, j in enumerate(todo)})
+                got_s.update({hs[j]: new_s[n] for n, j in enumerate(todo)})
+            feats.extend(got_f[h] for h in hs)
+            sketches.extend(got_s[h] for h in hs)
+            t.advance(len(recs))
+    return np.stack(feats).astype(np.float32), np.stack(sketches).astype(np.float16)
+
+
+@dataclass
+class GuardIndex:
+    """A loaded index: search embeddings, fetch sketches and (private) records."""
+
+    path: Path
+    embedder: Embedder
+    faiss_index: faiss.Index
+    sketches: np.ndarray
+    records: list[dict]
+    meta: dict
+
+    @property
+    def size(self) -> int:
+        """Number of indexed training images."""
+        return len(self.records)
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """Fingerprint of the indexed training set."""
+        return self.meta["dataset_fingerprint"]
+
+    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner products and indices for each row of ``embeddings`` ``(m, D)``."""
+        k = min(k, self.size)
+        sims, idx = self.faiss_index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
+        return sims, idx
+
+    def embed(self, images: Sequence[np.ndarray], *, views: bool = True) -> np.ndarray:
+        """Projected embeddings of images: ``(n, V, D)`` with views, else ``(n, D)``."""
+        return self.embedder.project(self.embedder.features(images, views=views))
+
+
+def _make_faiss(dim: int, kind: str) -> faiss.Index:
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        idx = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        idx.hnsw.efConstruction = 80
+        idx.hnsw.efSearch = 128
+        return idx
+    raise InputError(f"unknown index kind {kind!r} (use flat or hnsw)")
+
+
+def build_index(
+    *,
+    train_dir: Path,
+    out_dir: Path,
+    embedder: Embedder,
+    cache: ArrayCache,
+    kind: str = "flat",
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: Progress = NULL_PROGRESS,
+) -> GuardIndex:
+    """Embed every training image and write an index folder at ``out_dir``; returns it loaded."""
+    records = scan_folder(train_dir)
+    shas = hash_records(records, progress, "training set")
+    if len(set(shas)) < len(shas):
+        progress.log("note: the training set holds byte-identical duplicate images")
+    feats, sketches = compute_features(
+        records, shas, embedder=embedder, cache=cache, batch_size=batch_size, progress=progress, what="training set"
+    )
+    rng = np.random.default_rng(seed)
+    sample = feats if len(feats) <= _PCA_SAMPLE else feats[rng.choice(len(feats), _PCA_SAMPLE, replace=False)]
+    embedder.fit(sample)
+    emb = embedder.project(feats)
+    index = _make_faiss(emb.shape[1], kind)
+    index.add(emb)
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    faiss.write_index(index, str(tmp / "index.faiss"))
+    np.save(tmp / "sketches.npy", sketches)
+    np.savez(tmp / "embedder.npz", **embedder.state())
+    recs = [
+        {"file_name": r.file_name, "image_id": r.image_id, "patient_id": r.patient_id, "sha256": h}
+        for r, h in zip(records, shas)
+    ]
+    atomic_write_json(tmp / "records.json", recs)
+    meta = {
+        "version": INDEX_VERSION,
+        "kind": kind,
+        "n": len(records),
+        "dim": int(emb.shape[1]),
+        "embedder": embedder.name,
+        "feature_fingerprint": embedder.feature_fingerprint(),
+        "embedder_fingerprint": embedder.fingerprint(),
+        "sketch_version": SKETCH_VERSION,
+        "dataset_fingerprint": dataset_fingerprint(shas),
+    }
+    atomic_write_json(tmp / "meta.json", meta)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return load_index(out_dir, embedder)
+
+
+def load_index(path: Path, embedder: Embedder) -> GuardIndex:
+    """Load an index folder for use with ``embedder``.
+
+    Raises :class:`InputError` when the folder is not an index, :class:`IndexMismatchError` when it was built
+    with another embedder or sketch version.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        records = json.loads((path / "records.json").read_text())
+    except FileNotFoundError:
+        raise InputError(f"not a guard index folder (meta.json/records.json missing): {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"corrupt index folder {path}: {exc}") from None
+    if meta.get("version") != INDEX_VERSION:
+        raise IndexMismatchError(f"index {path} has version {meta.get('version')!r}, expected {INDEX_VERSION}")
+    if meta.get("feature_fingerprint") != embedder.feature_fingerprint():
+        raise IndexMismatchError(
+            f"index {path} was built with embedder {meta.get('feature_fingerprint')!r}, "
+            f"not {embedder.feature_fingerprint()!r}; rebuild it or use the same --embedder"
+        )
+    if meta.get("sketch_version") != SKETCH_VERSION:
+        raise IndexMismatchError(f"index {path} has sketches {meta.get('sketch_version')!r}, expected {SKETCH_VERSION}")
+    try:
+        with np.load(path / "embedder.npz", allow_pickle=False) as z:
+            embedder.load_state({k: z[k] for k in z.files})
+        index = faiss.read_index(str(path / "index.faiss"))
+        sketches = np.load(path / "sketches.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(f"corrupt index folder {path}: {str(exc).splitlines()[0]}") from None
+    if embedder.fingerprint() != meta.get("embedder_fingerprint"):
+        raise IndexMismatchError(f"index {path}: embedder projection does not match its fingerprint")
+    if index.ntotal != len(records) or sketches.shape != (len(records), SKETCH_SIDE, SKETCH_SIDE):
+        raise InputError(f"corrupt index folder {path}: sizes of index, sketches and records disagree")
+    return GuardIndex(path=path, embedder=embedder, faiss_index=index, sketches=sketches, records=records, meta=meta)
