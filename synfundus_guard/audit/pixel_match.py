@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..data.fov import canonical_crop, detect_fov, disc_mask
+from ..data.fov import canonical_crop, detect_fov, disc_mask, rotate_scale
 from ..embed.pixel import _rank_equalise
 
 SKETCH_SIDE = 96
@@ -29,7 +29,7 @@ _FULL_TAPER = ndi.gaussian_filter(np.pad(np.ones((SKETCH_SIDE - 8,) * 2, np.floa
 class AlignmentGrid:
     """The transforms searched, relative to the view the embedding stage found best."""
 
-    angles: tuple[float, ...] = (-3.0, -1.5, 0.0, 1.5, 3.0)
+    angles: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
     scales: tuple[float, ...] = (0.96, 1.0, 1.04)
     max_shift: int = 8
     """Largest translation searched, in sketch pixels (8/96 = 8 % of the FOV diameter)."""
@@ -70,12 +70,7 @@ class QuerySketch:
         spec = self._spectra.get(key)
         if spec is None:
             base = self.eq[:, ::-1] if flip else self.eq
-            c = (SKETCH_SIDE - 1) / 2
-            th = np.deg2rad(angle)
-            # output->input map: rotate by -angle and scale by 1/scale about the centre
-            rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) / scale
-            offset = np.array([c, c]) - rot @ np.array([c, c])
-            warped = ndi.affine_transform(base, rot, offset=offset, order=1, mode="constant", cval=0.0)
+            warped = base if (angle == 0 and scale == 1) else rotate_scale(base, angle, scale)
             spec = np.fft.rfft2(_band(warped, self.is_disc))
             self._spectra[key] = spec
         return spec

@@ -120,3 +120,16 @@ def disc_mask(side: int, *, shrink: float = 0.97) -> np.ndarray:
     c = (side - 1) / 2
     yy, xx = np.mgrid[:side, :side]
     return np.hypot(yy - c, xx - c) <= shrink * side / 2
+
+
+def rotate_scale(img: np.ndarray, angle: float, scale: float = 1.0) -> np.ndarray:
+    """Warp a square canonical image: output = input rotated by ``-angle`` degrees and zoomed by ``1/scale``
+    about the centre (so warping a copy that was rotated by +a with ``angle=a`` undoes it). 2-D or 3-D."""
+    side = img.shape[0]
+    c = (side - 1) / 2
+    th = np.deg2rad(angle)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) / scale
+    offset = np.array([c, c]) - rot @ np.array([c, c])
+    if img.ndim == 2:
+        return ndi.affine_transform(img, rot, offset=offset, order=1, mode="constant", cval=0.0)
+    return np.stack([rotate_scale(img[..., k], angle, scale) for k in range(img.shape[2])], axis=2)

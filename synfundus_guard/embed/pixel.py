@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..data.fov import canonical_crop, detect_fov, disc_mask, resize_image
+from ..data.fov import canonical_crop, detect_fov, disc_mask, resize_image, rotate_scale
 from .base import Embedder, l2_normalize
 
 _SIDE = 48
@@ -92,7 +92,7 @@ class PixelEmbedder(Embedder):
         for flip in (False, True):
             base = canon[:, ::-1] if flip else canon
             for angle in VIEW_ANGLES:
-                view = base if angle == 0 else ndi.rotate(base, angle, axes=(1, 0), reshape=False, order=1, mode="constant")
+                view = base if angle == 0 else rotate_scale(base, angle)
                 out.append(self._view_features(view, mask))
         return out
 

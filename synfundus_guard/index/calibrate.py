@@ -37,8 +37,14 @@ class Calibration:
     k: int
 
     def threshold(self, scores: np.ndarray, quantile: float) -> float:
-        """The ``quantile`` of a holdout score sample (linear interpolation; 1.0 = the maximum)."""
-        return float(np.quantile(scores, quantile))
+        """The ``quantile`` of a holdout score sample.
+
+        An empirical quantile cannot resolve ``q`` beyond ``1 - 1/n`` (with 200 holdout images, the 0.999
+        quantile is just the sample maximum, exceeded by ~1/(n+1) of new patients). There the upper tail is
+        extrapolated with a Gumbel law fitted by moments — nearest-neighbour similarities are maxima over many
+        training images, the Gumbel's domain — and never set below the sample maximum.
+        """
+        return tail_quantile(np.asarray(scores, dtype=np.float64), quantile)
 
     def summary(self) -> dict:
         """Public summary (no identities): sample size and distribution quantiles."""
@@ -47,6 +53,18 @@ class Calibration:
 
         return {"n_holdout": int(len(self.embedding_sims)), "k": self.k,
                 "embedding_sim": q(self.embedding_sims), "pixel_ncc": q(self.pixel_nccs)}
+
+
+def tail_quantile(x: np.ndarray, q: float) -> float:
+    """Empirical quantile where the sample resolves it, else a Gumbel tail fit (see Calibration.threshold)."""
+    n = len(x)
+    if q <= 1.0 - 1.0 / n:
+        return float(np.quantile(x, q))
+    if q >= 1.0:
+        return float(x.max())
+    beta = float(x.std(ddof=1)) * np.sqrt(6.0) / np.pi
+    mu = float(x.mean()) - 0.5772156649 * beta
+    return max(float(x.max()), mu - beta * np.log(-np.log(q)))
 
 
 def check_disjoint(train: GuardIndex, holdout: Sequence[ImageRecord], holdout_shas: Sequence[str]) -> None:

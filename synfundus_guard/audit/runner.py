@@ -1,0 +1,223 @@
+"""Audit a folder of synthetic images against a private training set: the library behind ``guard audit``.
+
+Steps: load (or build) the training index, calibrate on the holdout set, build the checks the policy enables,
+run them on the release in batches (fail closed), let the policy decide each image and the release, then
+write the manifest into the release and the report (public ``report.json`` + ``private/``) atomically. A bad
+input anywhere raises before anything is written, so there is never a half-written report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..data.folder import scan_folder
+from ..data.images import list_images, load_image
+from ..embed.base import Embedder
+from ..embed.cache import ArrayCache
+from ..embed.registry import DEFAULT_SPEC, embedder_from_spec
+from ..errors import IndexMismatchError, InputError
+from ..index.calibrate import Calibration, calibrate
+from ..index.store import GuardIndex, build_index, dataset_fingerprint, hash_records, load_index
+from ..policies.evaluate import ReleaseVerdict, evaluate_release, image_result
+from ..policies.schema import Policy
+from ..progress import NULL_PROGRESS, Progress
+from ..release.report import ImageResult, Report, write_report
+from .base import Candidate, Check, run_checks
+from .memorization import MemorizationCheck
+
+
+def default_cache_dir() -> Path:
+    """``$GUARD_CACHE_DIR``, else ``$XDG_CACHE_HOME/synfundus-guard``, else ``~/.cache/synfundus-guard``.
+
+    The cache holds features of training images: keep it private.
+    """
+    env = os.environ.get("GUARD_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base) / "synfundus-guard"
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Everything the per-image checks need: the training index and its holdout calibration."""
+
+    index: GuardIndex
+    calibration: Calibration
+
+
+def prepare_guard(
+    *,
+    train_dir: Path,
+    holdout_dir: Path,
+    k: int,
+    embedder: str | Embedder = DEFAULT_SPEC,
+    index_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 16,
+    progress: Progress = NULL_PROGRESS,
+) -> Guard:
+    """Load or build the index of ``train_dir`` and calibrate it on ``holdout_dir``.
+
+    With ``index_dir`` given and present, that index is used and must match the training set and embedder
+    (:class:`IndexMismatchError` otherwise); absent, it is built there. Without it, indexes are cached under
+    ``cache_dir/index/`` keyed by dataset and embedder fingerprints.
+    """
+    emb = embedder_from_spec(embedder) if isinstance(embedder, str) else embedder
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    train_records = scan_folder(train_dir)
+    holdout_records = scan_folder(holdout_dir)
+    shas = hash_records(train_records, progress, "training set")
+    data_fp = dataset_fingerprint(shas)
+    if index_dir is None:
+        from ..fsutil import sha256_bytes
+
+        key = sha256_bytes(emb.feature_fingerprint().encode())[:8]
+        index_dir = cache_dir / "index" / f"{data_fp[:16]}-{key}"
+    index_dir = Path(index_dir)
+    cache = ArrayCache(cache_dir / "features.sqlite")
+    try:
+        if (index_dir / "meta.json").is_file():
+            index = load_index(index_dir, emb)
+            if index.dataset_fingerprint != data_fp:
+                raise IndexMismatchError(
+                    f"index {index_dir} was built from a different training set than {train_dir}"
+                )
+        else:
+            index = build_index(train_dir=train_dir, out_dir=index_dir, embedder=emb, cache=cache,
+                                batch_size=batch_size, progress=progress)
+        cal = calibrate(index, holdout_records, k=k, batch_size=batch_size, progress=progress)
+    finally:
+        cache.close()
+    return Guard(index=index, calibration=cal)
+
+
+def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NULL_PROGRESS) -> list[Check]:
+    """The per-image checks ``policy`` enables, with thresholds from the guard's calibration.
+
+    Raises :class:`InputError` when the policy enables the memorization check but no training data was given.
+    """
+    checks: list[Check] = []
+    mp = policy.memorization
+    if mp.enabled:
+        if guard is None:
+            raise InputError("the policy enables the memorization check: --train and --holdout are required")
+        cal = guard.calibration
+        checks.append(
+            MemorizationCheck(
+                index=guard.index,
+                k=mp.k,
+                embedding_threshold=cal.threshold(cal.embedding_sims, mp.embedding_quantile),
+                pixel_threshold=cal.threshold(cal.pixel_nccs, mp.pixel_quantile),
+                calibration_info={"embedding_quantile": mp.embedding_quantile, "pixel_quantile": mp.pixel_quantile,
+                                  "n_holdout": int(len(cal.embedding_sims))},
+            )
+        )
+    else:
+        progress.log("warning: the policy disables the memorization check")
+    return checks
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What :func:`audit_release` produced."""
+
+    report: Report
+    verdict: ReleaseVerdict
+    report_path: Path
+
+
+def _check_paths(release_dir: Path, out_dir: Path) -> None:
+    rel, out = Path(release_dir).resolve(), Path(out_dir).resolve()
+    if out == rel or rel in out.parents:
+        raise InputError(f"--out {out_dir} is inside the release: private evidence must never enter a release")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out_dir} exists and is not a folder")
+
+
+def check_images(
+    checks: Sequence[Check],
+    release_dir: Path,
+    policy: Policy,
+    *,
+    batch_size: int,
+    progress: Progress,
+) -> tuple[list[ImageResult], dict[str, Any]]:
+    """Run checks on every image of ``release_dir``; returns public results and private evidence."""
+    rels = list_images(release_dir)
+    results: list[ImageResult] = []
+    private: dict[str, Any] = {}
+    with progress.task("Checking release", total=len(rels)) as t:
+        for i in range(0, len(rels), batch_size):
+            chunk = rels[i : i + batch_size]
+            batch = [Candidate(r.as_posix(), load_image(release_dir / r), release_dir / r) for r in chunk]
+            for cand, findings in zip(batch, run_checks(checks, batch)):
+                results.append(image_result(cand.file_name, findings, policy))
+                private[cand.file_name] = {f.check: f.private for f in findings if f.private}
+            t.advance(len(chunk))
+    return results, private
+
+
+def summarize(results: Sequence[ImageResult]) -> dict[str, Any]:
+    """Counts of passed/failed images and flags per check."""
+    by_check: dict[str, int] = {}
+    for r in results:
+        for name, status in r.checks.items():
+            if status != "pass":
+                by_check[name] = by_check.get(name, 0) + 1
+    n_fail = sum(r.verdict == "fail" for r in results)
+    return {"n_images": len(results), "n_pass": len(results) - n_fail, "n_fail": n_fail,
+            "n_warned": sum(bool(r.warnings) for r in results), "flags_by_check": by_check}
+
+
+def audit_release(
+    *,
+    release_dir: Path,
+    out_dir: Path,
+    policy: Policy,
+    train_dir: Path | None = None,
+    holdout_dir: Path | None = None,
+    embedder: str = DEFAULT_SPEC,
+    index_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 16,
+    write_release_manifest: bool = True,
+    progress: Progress = NULL_PROGRESS,
+) -> AuditResult:
+    """Audit ``release_dir`` under ``policy``; writes the report to ``out_dir``. See the module docstring."""
+    release_dir, out_dir = Path(release_dir), Path(out_dir)
+    _check_paths(release_dir, out_dir)
+    list_images(release_dir)  # an empty or missing release is an input error before any heavy work
+    guard = None
+    if train_dir is not None or holdout_dir is not None:
+        if train_dir is None or holdout_dir is None:
+            raise InputError("--train and --holdout must be given together")
+        guard = prepare_guard(train_dir=train_dir, holdout_dir=holdout_dir, k=policy.memorization.k,
+                              embedder=embedder, index_dir=index_dir, cache_dir=cache_dir,
+                              batch_size=batch_size, progress=progress)
+    checks = build_checks(policy=policy, guard=guard, progress=progress)
+    results, private = check_images(checks, release_dir, policy, batch_size=batch_size, progress=progress)
+    report = Report(
+        policy=policy.fingerprint(),
+        embedder=guard.index.embedder.describe() if guard else {},
+        images=results,
+        verdict="pending",
+        summary=summarize(results),
+        checks=[c.fingerprint() for c in checks],
+        calibration=guard.calibration.summary() if guard else {},
+        release={"name": release_dir.resolve().name, "n_images": len(results)},
+    )
+    verdict = evaluate_release(report, policy)
+    report.verdict = verdict.verdict
+    report.violations = list(verdict.violations)
+    if write_release_manifest:
+        from ..release.manifest import write_manifest
+
+        entries = {r.file_name: {"verdict": r.verdict, "scores": r.scores} for r in results}
+        fingerprints = {"policy": policy.fingerprint(), "embedder": report.embedder, "audit_verdict": verdict.verdict}
+        write_manifest(release_dir, entries=entries, fingerprints=fingerprints, progress=progress)
+    path = write_report(report, out_dir, private={"images": private})
+    return AuditResult(report=report, verdict=verdict, report_path=path)

@@ -1,0 +1,49 @@
+"""``guard audit``: audit a folder of synthetic images against a private training set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..policies.schema import load_policy
+from .errors import EXIT_FAIL, EXIT_PASS, guarded
+from .progress import RichProgressObserver, console
+
+
+@guarded
+def audit(
+    release: Path = typer.Option(..., "--release", help="Folder of synthetic images to audit."),
+    policy: Path = typer.Option(..., "--policy", help="Policy file, e.g. policies/public.yaml."),
+    out: Path = typer.Option(..., "--out", help="Report folder: report.json (public) and private/ (evidence)."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Private training images (with labels.csv)."),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="Holdout images of other patients."),
+    embedder: str = typer.Option("pixel", "--embedder", help="'pixel' (default, offline) or openclip:ARCH:CKPT."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index folder to use or build (private)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature/index cache (private)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, max=4096, help="Images per batch."),
+    manifest: bool = typer.Option(True, "--manifest/--no-manifest", help="Write manifest.json into the release."),
+) -> None:
+    """Audit RELEASE: memorization (FAISS kNN + aligned pixel check) and identity checks under a policy.
+
+    Exit 0 when the policy passes, 1 when a leak is found, 2 on bad input.
+    """
+    from ..audit.runner import audit_release
+    from .render import render_report
+
+    pol = load_policy(policy)
+    with RichProgressObserver() as progress:
+        result = audit_release(
+            release_dir=release, out_dir=out, policy=pol, train_dir=train, holdout_dir=holdout,
+            embedder=embedder, index_dir=index, cache_dir=cache_dir, batch_size=batch_size,
+            write_release_manifest=manifest, progress=progress,
+        )
+    render_report(result.report, result.verdict, console=console)
+    console.print(f"report: {result.report_path}  (private evidence: {result.report_path.parent / 'private'})")
+    raise typer.Exit(EXIT_PASS if result.verdict.verdict == "pass" else EXIT_FAIL)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``guard audit`` to the app."""
+    app.command("audit")(audit)
