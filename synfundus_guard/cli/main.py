@@ -15,6 +15,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Release synthetic medical images without leaking the patients they were trained on."""
+
+
 # Each module registers its commands on ``app`` (or adds a sub-app) when imported.
 _COMMAND_MODULES = ("data", "audit", "gate", "manifest", "train", "generate")
 

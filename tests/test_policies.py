@@ -1,0 +1,146 @@
+"""Policy files: the shipped tiers load, malformed ones are rejected with every problem listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from synfundus_guard.cli.main import app
+from synfundus_guard.errors import PolicyError
+from synfundus_guard.policies.schema import Action, Bound, load_policy, parse_policy
+from synfundus_guard.release.report import ImageResult, Report, write_report
+
+POLICIES = Path(__file__).resolve().parents[1] / "policies"
+
+BROKEN = """\
+name: broken
+colour: blue
+max_failed_fraction: 1.5
+memorization:
+  k: ten
+  action: stop
+  radius: 3
+identity:
+  faces: {enabled: "yes", quantile: -0.1}
+  vessels: 7
+membership:
+  bound: median
+  max_auc: 2
+generation:
+  max_epsilon: 0
+  require_dp: 1
+"""
+# Every problem in BROKEN, by the path it is reported under, with a word the message must contain.
+BROKEN_PROBLEMS = {
+    "colour": "unknown key",
+    "max_failed_fraction": "[0, 1]",
+    "memorization.k": "expected int",
+    "memorization.action": "not one of block, warn",
+    "memorization.radius": "unknown key",
+    "identity.faces.enabled": "expected bool",
+    "identity.faces.quantile": "[0, 1]",
+    "identity.vessels": "expected a mapping",
+    "membership.bound": "not one of point, lower, upper",
+    "membership.max_auc": "[0, 1]",
+    "generation.max_epsilon": "> 0",
+    "generation.require_dp": "expected bool",
+}
+
+
+def test_shipped_public_policy_is_strict():
+    policy = load_policy(POLICIES / "public.yaml")
+    assert policy.name == "public"
+    assert policy.max_failed_fraction == 0.0
+    assert policy.membership.bound is Bound.UPPER
+    assert policy.membership.max_tpr_at_1pct_fpr == 0.05
+    assert all(getattr(policy.identity, n).action is Action.BLOCK for n in ("vessels", "text", "faces", "metadata"))
+    assert len(policy.sha256) == 64 and policy.source.endswith("public.yaml")
+
+
+def test_shipped_internal_policy_warns_on_faces():
+    policy = load_policy(POLICIES / "internal.yaml")
+    assert policy.name == "internal"
+    assert policy.identity.faces.action is Action.WARN
+    assert policy.membership.bound is Bound.POINT
+    assert policy.membership.max_auc == 0.75 and policy.max_failed_fraction == 0.01
+    assert policy.sha256 != load_policy(POLICIES / "public.yaml").sha256
+
+
+def test_every_problem_is_listed():
+    with pytest.raises(PolicyError) as info:
+        parse_policy(BROKEN, source="broken.yaml")
+    problems = info.value.problems
+    assert {p.split(":")[0] for p in problems} == set(BROKEN_PROBLEMS)
+    assert len(problems) == len(BROKEN_PROBLEMS)
+    for path, word in BROKEN_PROBLEMS.items():
+        (line,) = [p for p in problems if p.startswith(f"{path}:")]
+        assert word in line, line
+    assert info.value.source == "broken.yaml"
+
+
+def test_missing_name_is_listed_beside_other_problems():
+    with pytest.raises(PolicyError) as info:
+        parse_policy("description: no name\nmax_failed_fraction: -1\n")
+    assert info.value.problems == ["max_failed_fraction: -1.0 must be in [0, 1]", "name: required"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("name: x\nmemorization: [a, b\n", "not valid YAML at line 3"),
+        ("", "name: required"),
+        ("# only a comment\n", "name: required"),
+        ("- public\n- internal\n", "policy: expected a mapping, got list"),
+        ("name: 3\n", "name: expected str, got int 3"),
+        ("name:\n", "name: must not be empty"),
+    ],
+    ids=["invalid-yaml", "empty-file", "comment-only", "list-at-top", "name-not-a-string", "name-empty"],
+)
+def test_malformed_document(text, problem):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text)
+    assert info.value.problems == [problem]
+
+
+def test_missing_policy_file(tmp_path):
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path / "nope.yaml")
+    assert info.value.problems == ["file not found"]
+
+
+@pytest.mark.parametrize("action", list(Action))
+def test_every_action_parses(action):
+    text = f"name: t\nmemorization: {{action: {action.value}}}\nidentity: {{text: {{action: {action.value}}}}}\n"
+    policy = parse_policy(text)
+    assert policy.memorization.action is action and policy.identity.text.action is action
+
+
+@pytest.mark.parametrize("bound", list(Bound))
+def test_every_bound_parses(bound):
+    assert parse_policy(f"name: t\nmembership: {{bound: {bound.value}}}\n").membership.bound is bound
+
+
+def _report_dir(tmp_path: Path) -> Path:
+    report = Report(policy={"name": "public", "sha256": "0" * 64}, embedder={},
+                    images=[ImageResult("a.png", "pass", checks={"memorization": "pass"})], verdict="pass")
+    write_report(report, tmp_path / "audit")
+    return tmp_path / "audit"
+
+
+def test_gate_prints_every_policy_problem_and_exits_2(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(BROKEN, encoding="utf-8")
+    result = CliRunner().invoke(app, ["gate", str(_report_dir(tmp_path)), "--policy", str(bad)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"error: invalid policy {bad}:"
+    assert [line.split(":")[0] for line in lines[1:]] == [f"  - {path}" for path in BROKEN_PROBLEMS]
+    assert "Traceback" not in result.output and result.stdout == ""
+
+
+def test_gate_with_missing_policy_exits_2(tmp_path):
+    result = CliRunner().invoke(app, ["gate", str(_report_dir(tmp_path)), "--policy", str(tmp_path / "no.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: invalid policy {tmp_path / 'no.yaml'}:", "  - file not found"]
