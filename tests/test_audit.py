@@ -1,0 +1,181 @@
+"""End-to-end audits on real phantom folders: detection, exit codes, privacy of public files, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from synfundus_guard.cli.main import app
+from tests.guard_data import make_dataset
+
+runner = CliRunner()
+POLICY = str(Path(__file__).resolve().parents[1] / "policies" / "public.yaml")
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("guard"))
+
+
+def audit_args(ds, release: Path, out: Path, *extra: str) -> list[str]:
+    return ["audit", "--release", str(release), "--train", str(ds["train"]), "--holdout", str(ds["holdout"]),
+            "--policy", POLICY, "--out", str(out), "--cache-dir", str(ds["root"] / "cache"), *extra]
+
+
+def copy_release(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for f in ("manifest.json", "metadata.jsonl"):
+        (dst / f).unlink(missing_ok=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def leaky_run(ds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("leaky_report")
+    release = copy_release(ds["leaky"], tmp_path_factory.mktemp("r") / "leaky")
+    res = runner.invoke(app, audit_args(ds, release, out))
+    return res, out, release
+
+
+def test_leaky_release_fails_and_every_planted_copy_is_flagged(ds, leaky_run):
+    res, out, _ = leaky_run
+    assert res.exit_code == 1, res.output
+    report = json.loads((out / "report.json").read_text())
+    by_name = {img["file_name"]: img for img in report["images"]}
+    n = ds["n_novel"]
+    copies = [by_name[f"synthetic_{i:03d}.png"] for i in range(n, n + ds["n_copies"])]
+    novel = [by_name[f"synthetic_{i:03d}.png"] for i in range(n)]
+    assert all(c["verdict"] == "fail" for c in copies)
+    assert all(any("near-copy" in r for r in c["reasons"]) for c in copies)
+    # the copies' aligned pixel scores are far above every novel patient's
+    worst_copy = min(c["scores"]["memorization.pixel_ncc"] for c in copies)
+    best_novel = max(i["scores"]["memorization.pixel_ncc"] for i in novel)
+    assert worst_copy > best_novel + 0.2
+    assert report["verdict"] == "fail"
+    assert report["summary"]["n_images"] == n + ds["n_copies"]
+
+
+def test_clean_release_passes(ds, tmp_path):
+    release = copy_release(ds["clean"], tmp_path / "clean")
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"] == "pass"
+    assert (release / "manifest.json").is_file() and (release / "metadata.jsonl").is_file()
+
+
+def _training_identifiers(ds) -> set[str]:
+    ids = {str(ds["train"].resolve()), str(ds["train"])}
+    for line in (ds["train"] / "labels.csv").read_text().splitlines()[1:]:
+        name, image_id, patient = line.split(",")
+        ids |= {name, Path(name).stem, image_id, patient}
+    return ids
+
+
+def test_no_public_file_names_training_data_but_private_evidence_does(ds, leaky_run, tmp_path):
+    res, out, release = leaky_run
+    gate = runner.invoke(app, ["gate", str(out / "report.json"), "--policy", POLICY,
+                               "--junit", str(tmp_path / "junit.xml"), "--sarif", str(tmp_path / "guard.sarif")])
+    assert gate.exit_code == 1, gate.output
+    public = [out / "report.json", release / "manifest.json", release / "metadata.jsonl",
+              tmp_path / "junit.xml", tmp_path / "guard.sarif"]
+    secrets = _training_identifiers(ds)
+    for path in public:
+        text = path.read_text()
+        leaked = sorted(s for s in secrets if s in text)
+        assert not leaked, f"{path.name} leaks {leaked[:3]}"
+    for stream in (res.output, gate.output):
+        assert not [s for s in secrets if s in stream]
+    private = (out / "private" / "evidence.json").read_text()
+    assert "train_p" in private  # the closest training images are named, privately
+    sarif = json.loads((tmp_path / "guard.sarif").read_text())
+    flagged = [r for r in sarif["runs"][0]["results"] if r.get("ruleId") == "SFG-MEMORIZATION"]
+    assert len(flagged) == ds["n_copies"]
+
+
+def test_corrupt_image_in_release_is_exit_2_with_no_report(ds, tmp_path):
+    release = copy_release(ds["clean"], tmp_path / "rel")
+    data = (release / "synthetic_000.png").read_bytes()
+    (release / "synthetic_000.png").write_bytes(data[: len(data) // 2])
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out"))
+    assert res.exit_code == 2
+    assert "synthetic_000.png" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (release / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("case", ["empty_release", "missing_train", "out_inside_release", "train_without_holdout",
+                                  "not_an_image", "bad_policy"])
+def test_bad_inputs_exit_2_with_one_line(ds, tmp_path, case):
+    release = copy_release(ds["clean"], tmp_path / "rel")
+    out = tmp_path / "out"
+    if case == "empty_release":
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        args = audit_args(ds, empty, out)
+    elif case == "missing_train":
+        args = audit_args(ds, release, out)
+        args[args.index("--train") + 1] = str(tmp_path / "nope")
+    elif case == "out_inside_release":
+        args = audit_args(ds, release, release / "report")
+    elif case == "train_without_holdout":
+        args = ["audit", "--release", str(release), "--train", str(ds["train"]), "--policy", POLICY, "--out", str(out)]
+    elif case == "not_an_image":
+        (release / "notes.png").write_text("this is not an image")
+        args = audit_args(ds, release, out)
+    else:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("name: x\nmemorization: {k: 0, pixel_quantile: 3}\nbogus: 1\n")
+        args = audit_args(ds, release, out)
+        args[args.index("--policy") + 1] = str(bad)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert "error:" in res.output
+    if case == "bad_policy":
+        assert "memorization.k" in res.output and "pixel_quantile" in res.output and "bogus" in res.output
+    assert not (out / "report.json").exists()
+
+
+def test_holdout_sharing_patients_with_train_is_refused_with_count(ds, tmp_path):
+    holdout = tmp_path / "holdout"
+    shutil.copytree(ds["holdout"], holdout)
+    src = sorted(ds["train"].glob("*.png"))[:2]
+    lines = (holdout / "labels.csv").read_text().splitlines()
+    for p in src:
+        shutil.copy(p, holdout / p.name)
+        lines.append(f"{p.name},X-{p.stem},PAT-000")
+    (holdout / "labels.csv").write_text("\n".join(lines) + "\n")
+    args = audit_args(ds, ds["clean"], tmp_path / "out", "--no-manifest")
+    args[args.index("--holdout") + 1] = str(holdout)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert "1 patient(s)" in res.output
+
+
+def test_index_from_another_training_set_or_embedder_is_refused(ds, tmp_path):
+    index = tmp_path / "index"
+    ok = runner.invoke(app, audit_args(ds, ds["clean"], tmp_path / "o1", "--index", str(index), "--no-manifest"))
+    assert ok.exit_code == 0, ok.output
+    assert (index / "meta.json").is_file()
+    # same index, different training set
+    other_train = tmp_path / "train2"
+    shutil.copytree(ds["train"], other_train)
+    victim = sorted(other_train.glob("*.png"))[0]
+    victim.unlink()
+    lines = [ln for ln in (other_train / "labels.csv").read_text().splitlines() if not ln.startswith(victim.name)]
+    (other_train / "labels.csv").write_text("\n".join(lines) + "\n")
+    args = audit_args(ds, ds["clean"], tmp_path / "o2", "--index", str(index), "--no-manifest")
+    args[args.index("--train") + 1] = str(other_train)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "different training set" in res.output
+    # same index, different embedder fingerprint
+    meta = json.loads((index / "meta.json").read_text())
+    meta["feature_fingerprint"] = "openclip:ViT-B-32:sha256:0000"
+    (index / "meta.json").write_text(json.dumps(meta))
+    res = runner.invoke(app, audit_args(ds, ds["clean"], tmp_path / "o3", "--index", str(index), "--no-manifest"))
+    assert res.exit_code == 2 and "built with embedder" in res.output

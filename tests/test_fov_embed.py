@@ -1,0 +1,118 @@
+"""Field-of-view detection, the pixel embedder's invariances, the array cache and the open_clip embedder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from synfundus_guard.audit.pixel_match import QuerySketch, make_sketch
+from synfundus_guard.data.fov import canonical_crop, detect_fov, resize_image
+from synfundus_guard.data.perturb import FAMILIES, affine, random_copy
+from synfundus_guard.data.phantom import PhantomPatient, render_visit
+from synfundus_guard.embed.cache import ArrayCache
+from synfundus_guard.embed.pixel import PixelEmbedder
+from synfundus_guard.embed.registry import embedder_from_spec
+from synfundus_guard.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def retina() -> np.ndarray:
+    return resize_image(skdata.retina().astype(np.float32) / 255.0, 320, 320)
+
+
+def test_fov_of_real_photo_is_a_centred_disc(retina):
+    fov = detect_fov(retina)
+    assert fov.is_disc
+    assert abs(fov.cx - 160) < 4 and abs(fov.cy - 160) < 4
+    assert 150 < fov.radius < 165
+
+
+def test_fov_follows_a_shifted_and_cropped_frame(retina):
+    shifted = affine(retina, dx=12, dy=-9, angle=0, scale=1.0)
+    fov = detect_fov(shifted)
+    assert fov.is_disc
+    assert abs(fov.cx - (detect_fov(retina).cx + 12)) < 2
+    assert abs(fov.cy - (detect_fov(retina).cy - 9)) < 2
+
+
+def test_images_without_a_dark_disc_use_the_whole_frame():
+    camera = np.repeat(skdata.camera()[..., None], 3, axis=2).astype(np.float32) / 255.0
+    fov = detect_fov(camera)
+    assert not fov.is_disc
+    assert canonical_crop(camera, fov, 48).shape == (48, 48, 3)
+
+
+def test_pixel_embedder_is_invariant_to_copy_transforms_and_separates_patients():
+    emb = PixelEmbedder(dim=16)
+    imgs = [render_visit(PhantomPatient.from_seed(3, p), visit=0, size=128, seed=3)[0] for p in range(24)]
+    emb.fit(emb.features(imgs))
+    base = emb.project(emb.features(imgs))
+    rng = np.random.default_rng(0)
+    for fam in FAMILIES:
+        copy, _ = random_copy(imgs[5], rng, family=fam)
+        views = emb.project(emb.features([copy], views=True))[0]  # (V, D)
+        sims = views @ base.T
+        assert int(np.argmax(sims.max(axis=0))) == 5, fam
+
+
+def test_sketch_alignment_scores_copies_high_and_other_patients_low(retina):
+    rng = np.random.default_rng(1)
+    sketch = make_sketch(retina)
+    copy, params = random_copy(retina, rng, family="combined")
+    q = QuerySketch(copy)
+    flip = bool(params.get("flip", 0))
+    best = max(q.score(sketch, flip=flip, angle=a)[0] for a in (-8.0, -4.0, 0.0, 4.0, 8.0))
+    other = render_visit(PhantomPatient.from_seed(1, 1), visit=0, size=320, seed=1)[0]
+    worst = max(QuerySketch(other).score(sketch, flip=f, angle=a)[0] for f in (False, True) for a in (-4.0, 0.0, 4.0))
+    assert best > 0.85
+    assert worst < 0.5
+
+
+def test_array_cache_roundtrip_and_key_separation(tmp_path):
+    cache = ArrayCache(tmp_path / "c.sqlite")
+    cache.put_many("fp1", {"a": np.arange(3, dtype=np.float32)})
+    assert set(cache.get_many("fp1", ["a", "b"])) == {"a"}
+    assert cache.get_many("fp2", ["a"]) == {}
+    np.testing.assert_array_equal(cache.get_many("fp1", ["a"])["a"], np.arange(3))
+    cache.close()
+    assert set(ArrayCache(tmp_path / "c.sqlite").get_many("fp1", ["a"])) == {"a"}
+
+
+def test_unknown_embedder_specs_are_input_errors():
+    with pytest.raises(InputError):
+        embedder_from_spec("resnet")
+    with pytest.raises(InputError):
+        embedder_from_spec("openclip:ViT-B-32")
+
+
+def test_openclip_embedder_loads_a_local_checkpoint(tmp_path, retina):
+    import open_clip
+    import torch
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+        "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
+    }
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "tiny-guard-test.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(cfg_dir)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-guard-test", pretrained=None)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+
+    emb = embedder_from_spec(f"openclip:tiny-guard-test:{ckpt}")
+    feats = emb.features([retina, retina[:, ::-1]], views=True)
+    assert feats.shape == (2, 2, 32)
+    proj = emb.project(feats)
+    np.testing.assert_allclose(np.linalg.norm(proj, axis=-1), 1.0, rtol=1e-5)
+    # the mirrored view of the mirrored image is the original
+    np.testing.assert_allclose(proj[1, 1], proj[0, 0], atol=1e-5)
+    assert emb.feature_fingerprint().startswith("openclip:tiny-guard-test:sha256:")
+    with pytest.raises(InputError):
+        embedder_from_spec(f"openclip:tiny-guard-test:{tmp_path / 'missing.pt'}")
