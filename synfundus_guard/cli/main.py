@@ -23,7 +23,7 @@ def _root() -> None:
 
 
 # Each module registers its commands on ``app`` (or adds a sub-app) when imported.
-_COMMAND_MODULES = ("data", "audit", "gate", "manifest", "train", "generate")
+_COMMAND_MODULES = ("data", "audit", "gate", "manifest", "train", "generate", "demo")
 
 for _name in _COMMAND_MODULES:
     try:
