@@ -12,6 +12,7 @@ the error: when a check cannot run, the image does not ship.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -68,6 +69,14 @@ def failed_closed(check: str, error: str) -> Finding:
     return Finding(check=check, flagged=True, reasons=(f"{check} check could not run: {error}",), error=error)
 
 
+def _finite_or_failed(finding: Finding) -> Finding:
+    """A score that is NaN or infinite means the check did not work: fail that image closed."""
+    bad = [k for k, v in finding.scores.items() if not math.isfinite(float(v))]
+    if bad:
+        return failed_closed(finding.check, f"non-finite score {bad[0]}")
+    return finding
+
+
 def run_checks(checks: Sequence[Check], batch: Sequence[Candidate]) -> list[list[Finding]]:
     """Run every check on ``batch``; returns, per image, the list of findings (one per check).
 
@@ -80,6 +89,7 @@ def run_checks(checks: Sequence[Check], batch: Sequence[Candidate]) -> list[list
             findings = check.check_batch(batch)
             if len(findings) != len(batch):
                 raise RuntimeError(f"returned {len(findings)} findings for {len(batch)} images")
+            findings = [_finite_or_failed(f) for f in findings]
         except Exception as exc:  # noqa: BLE001 - fail closed on anything a check raises
             msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
             findings = [failed_closed(check.name, msg) for _ in batch]

@@ -21,12 +21,14 @@ import numpy as np
 
 from ..index.store import GuardIndex
 from .base import Candidate, Check, Finding
-from .pixel_match import QuerySketch
+from .pixel_match import COARSE, QuerySketch
 
 EMB_KEY = "memorization.embedding_sim"
 PIX_KEY = "memorization.pixel_ncc"
 COARSE_ANGLES = (-8.0, -4.0, 0.0, 4.0, 8.0)
 """Rotations tried in stage 2 when the embedder cannot tell which rotation matched."""
+REFINE = 3
+"""Candidate-views (best by the coarse pass) refined over the full alignment grid."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,20 @@ def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> 
                     best_view[int(j)] = (float(s), view)
         cands = sorted(best_view, key=lambda j: -best_view[j][0])[:k]
         query = QuerySketch(img)
-        best_score, best_j, best_t = -1.0, -1, {}
+        # coarse pass: every candidate at the view that matched it (translation only) ...
+        coarse = []
         for j in cands:
             flip, angle = index.embedder.view_params(best_view[j][1])
-            angles = COARSE_ANGLES if angle is None else (angle,)
-            for a in angles:
-                score, t = query.score(np.asarray(index.sketches[j]), flip=flip, angle=a)
-                if score > best_score:
-                    best_score, best_j, best_t = score, j, t
+            for a in COARSE_ANGLES if angle is None else (angle,):
+                score, t = query.score(np.asarray(index.sketches[j]), flip=flip, angle=a, grid=COARSE)
+                coarse.append((score, j, flip, a, t))
+        coarse.sort(key=lambda c: -c[0])
+        best_score, best_j, _, _, best_t = coarse[0] if coarse else (-1.0, -1, False, 0.0, {})
+        # ... then the full rotation/scale grid on the most promising candidate-views
+        for _, j, flip, a, _ in coarse[:REFINE]:
+            score, t = query.score(np.asarray(index.sketches[j]), flip=flip, angle=a)
+            if score > best_score:
+                best_score, best_j, best_t = score, j, t
         emb_sim = best_view[cands[0]][0] if cands else -1.0
         out.append(MemoScore(emb_sim, best_score, best_j, best_t, tuple(cands)))
     return out

@@ -20,7 +20,7 @@ from ..data.fov import canonical_crop, detect_fov, disc_mask, rotate_scale
 from ..embed.pixel import _rank_equalise
 
 SKETCH_SIDE = 96
-SKETCH_VERSION = f"sketch-v1:{SKETCH_SIDE}"
+SKETCH_VERSION = f"sketch-v3:{SKETCH_SIDE}"
 _TAPER = ndi.gaussian_filter(disc_mask(SKETCH_SIDE, shrink=0.88).astype(np.float32), 2.0)
 _FULL_TAPER = ndi.gaussian_filter(np.pad(np.ones((SKETCH_SIDE - 8,) * 2, np.float32), 4), 2.0)
 
@@ -35,6 +35,10 @@ class AlignmentGrid:
     """Largest translation searched, in sketch pixels (8/96 = 8 % of the FOV diameter)."""
 
 
+COARSE = AlignmentGrid(angles=(0.0,), scales=(1.0,))
+"""Only translations: the first pass over all candidates, before the full grid refines the best ones."""
+
+
 def _equalised(img: np.ndarray) -> tuple[np.ndarray, bool]:
     fov = detect_fov(img)
     canon = canonical_crop(img, fov, SKETCH_SIDE)
@@ -44,17 +48,37 @@ def _equalised(img: np.ndarray) -> tuple[np.ndarray, bool]:
     return _rank_equalise(lum, mask), fov.is_disc
 
 
-def _band(eq: np.ndarray, is_disc: bool) -> np.ndarray:
-    band = ndi.gaussian_filter(eq, 1.0) - ndi.gaussian_filter(eq, 4.0)
-    band = band * (_TAPER if is_disc else _FULL_TAPER)
-    band = band - band.mean()
-    return (band / max(np.linalg.norm(band), 1e-9)).astype(np.float32)
+def _dog_transfer(side: int, s1: float, s2: float) -> np.ndarray:
+    """Fourier transfer function of a difference of Gaussians (sigmas in pixels) on the rfft2 grid."""
+    fy = np.fft.fftfreq(side)[:, None]
+    fx = np.fft.rfftfreq(side)[None, :]
+    f2 = fx**2 + fy**2
+    return (np.exp(-2 * np.pi**2 * s1**2 * f2) - np.exp(-2 * np.pi**2 * s2**2 * f2)).astype(np.float32)
+
+
+_DOG = _dog_transfer(SKETCH_SIDE, 1.0, 4.0)
+_PARSEVAL = np.full(_DOG.shape, 2.0, np.float32)
+_PARSEVAL[:, 0] = 1.0
+_PARSEVAL[:, -1] = 1.0 if SKETCH_SIDE % 2 == 0 else 2.0
+
+
+def _band_spectrum(eq: np.ndarray, is_disc: bool) -> np.ndarray:
+    """Spectrum of the band-passed image, tapered to the FOV interior, zero-mean and unit-norm.
+
+    The band-pass is applied before the taper so the FOV rim and the vignetting ring that every fundus photo
+    shares do not count as matching structure.
+    """
+    band = np.fft.irfft2(np.fft.rfft2(eq) * _DOG, s=eq.shape) * (_TAPER if is_disc else _FULL_TAPER)
+    spec = np.fft.rfft2(band)
+    spec[0, 0] = 0.0
+    energy = float(np.sum(_PARSEVAL * (spec.real**2 + spec.imag**2))) / (SKETCH_SIDE * SKETCH_SIDE)
+    return spec / max(np.sqrt(energy), 1e-9)
 
 
 def make_sketch(img: np.ndarray) -> np.ndarray:
     """The stored stage-2 representation of a training image: ``(SKETCH_SIDE, SKETCH_SIDE)`` float16."""
     eq, is_disc = _equalised(img)
-    return _band(eq, is_disc).astype(np.float16)
+    return np.fft.irfft2(_band_spectrum(eq, is_disc), s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float16)
 
 
 class QuerySketch:
@@ -71,14 +95,15 @@ class QuerySketch:
         if spec is None:
             base = self.eq[:, ::-1] if flip else self.eq
             warped = base if (angle == 0 and scale == 1) else rotate_scale(base, angle, scale)
-            spec = np.fft.rfft2(_band(warped, self.is_disc))
+            spec = _band_spectrum(warped, self.is_disc)
             self._spectra[key] = spec
         return spec
 
-    def score(self, sketch: np.ndarray, *, flip: bool = False, angle: float = 0.0) -> tuple[float, dict[str, float]]:
+    def score(self, sketch: np.ndarray, *, flip: bool = False, angle: float = 0.0,
+              grid: AlignmentGrid | None = None) -> tuple[float, dict[str, float]]:
         """Best NCC against a training ``sketch`` around the view (``flip``, ``angle``); also the transform."""
         tspec = np.conj(np.fft.rfft2(sketch.astype(np.float32)))
-        g = self.grid
+        g = grid or self.grid
         keys = [(flip, angle + da, s) for da in g.angles for s in g.scales]
         spectra = np.stack([self._spectrum(*k) for k in keys])
         corr = np.fft.irfft2(spectra * tspec, s=(SKETCH_SIDE, SKETCH_SIDE))

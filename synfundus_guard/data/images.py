@@ -64,10 +64,11 @@ def _to_float_rgb(im: Image.Image, name: str) -> np.ndarray:
         return np.repeat(arr[..., None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(im, dtype=np.float32)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        if not np.isfinite(lo) or not np.isfinite(hi):
+        if not np.isfinite(arr).all():  # NaN would pass nanmin/nanmax and poison every later step
             raise ImageError(f"{name}: image holds non-finite values")
-        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (lo >= 0.0 and hi <= 1.0):  # float images already in [0, 1] are kept as they are
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
         return np.repeat(arr[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
@@ -92,7 +93,9 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file (format not recognised)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: image too large (more than {MAX_PIXELS} pixels)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
     h, w = arr.shape[:2]
     if min(h, w) < MIN_SIDE:

@@ -41,7 +41,7 @@ class Calibration:
 
         An empirical quantile cannot resolve ``q`` beyond ``1 - 1/n`` (with 200 holdout images, the 0.999
         quantile is just the sample maximum, exceeded by ~1/(n+1) of new patients). There the upper tail is
-        extrapolated with a Gumbel law fitted by moments — nearest-neighbour similarities are maxima over many
+        extrapolated with a Gumbel law fitted by moments (on ``-log(1 - s)``) — nearest-neighbour similarities are maxima over many
         training images, the Gumbel's domain — and never set below the sample maximum.
         """
         return tail_quantile(np.asarray(scores, dtype=np.float64), quantile)
@@ -56,15 +56,21 @@ class Calibration:
 
 
 def tail_quantile(x: np.ndarray, q: float) -> float:
-    """Empirical quantile where the sample resolves it, else a Gumbel tail fit (see Calibration.threshold)."""
+    """Empirical quantile where the sample resolves it, else a Gumbel tail fit (see Calibration.threshold).
+
+    Scores are similarities bounded by 1, so the fit is made on ``-log(1 - s)`` (unbounded, larger = closer)
+    and mapped back: the threshold can approach but never reach 1, and a check is never made unable to flag.
+    """
     n = len(x)
     if q <= 1.0 - 1.0 / n:
         return float(np.quantile(x, q))
     if q >= 1.0:
         return float(x.max())
-    beta = float(x.std(ddof=1)) * np.sqrt(6.0) / np.pi
-    mu = float(x.mean()) - 0.5772156649 * beta
-    return max(float(x.max()), mu - beta * np.log(-np.log(q)))
+    z = -np.log(np.clip(1.0 - x, 1e-9, None))
+    beta = float(z.std(ddof=1)) * np.sqrt(6.0) / np.pi
+    mu = float(z.mean()) - 0.5772156649 * beta
+    zq = mu - beta * np.log(-np.log(q))
+    return max(float(x.max()), float(1.0 - np.exp(-zq)))
 
 
 def check_disjoint(train: GuardIndex, holdout: Sequence[ImageRecord], holdout_shas: Sequence[str]) -> None:

@@ -82,7 +82,7 @@ def write_report(report: Report, out_dir: Path, *, private: dict[str, Any] | Non
     """
     out_dir = Path(out_dir)
     if private is not None:
-        atomic_write_json(out_dir / PRIVATE_DIR / "evidence.json", private)
+        atomic_write_json(out_dir / PRIVATE_DIR / "evidence.json", private, private=True)
     path = out_dir / "report.json"
     atomic_write_json(path, report.to_dict())
     return path
