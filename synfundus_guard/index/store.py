@@ -66,13 +66,18 @@ def compute_features(
     batch_size: int,
     progress: Progress,
     what: str,
+    features_out: np.ndarray | None = None,
+    sketches_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw features ``(n, F)`` and sketches ``(n, S, S)`` of records, from the cache where possible."""
+    """Raw features ``(n, F)`` and sketches ``(n, S, S)`` of records, from the cache where possible.
+
+    Results are written batch by batch into ``features_out`` / ``sketches_out`` when given (e.g. memory maps on
+    disk), so memory stays bounded by one batch; otherwise arrays are allocated.
+    """
     ffp, sfp = embedder.feature_fingerprint(), SKETCH_VERSION
-    feats: list[np.ndarray] = []
-    sketches: list[np.ndarray] = []
-    with progress.task(f"Embedding {what}", total=len(records)) as t:
-        for i in range(0, len(records), batch_size):
+    n = len(records)
+    with progress.task(f"Embedding {what}", total=n) as t:
+        for i in range(0, n, batch_size):
             recs, hs = records[i : i + batch_size], list(shas[i : i + batch_size])
             got_f, got_s = cache.get_many(ffp, hs), cache.get_many(sfp, hs)
             todo = [j for j, h in enumerate(hs) if h not in got_f or h not in got_s]
@@ -80,14 +85,19 @@ def compute_features(
                 imgs = [load_image(recs[j].path) for j in todo]
                 new_f = embedder.features(imgs)
                 new_s = [make_sketch(im) for im in imgs]
-                cache.put_many(ffp, {hs[j]: new_f[n] for n, j in enumerate(todo)})
-                cache.put_many(sfp, {hs[j]: new_s[n] for n, j in enumerate(todo)})
-                got_f.update({hs[j]: new_f[n] for n, j in enumerate(todo)})
-                got_s.update({hs[j]: new_s[n] for n, j in enumerate(todo)})
-            feats.extend(got_f[h] for h in hs)
-            sketches.extend(got_s[h] for h in hs)
+                got_f.update({hs[j]: new_f[m] for m, j in enumerate(todo)})
+                got_s.update({hs[j]: new_s[m] for m, j in enumerate(todo)})
+                cache.put_many(ffp, {hs[j]: new_f[m] for m, j in enumerate(todo)})
+                cache.put_many(sfp, {hs[j]: new_s[m] for m, j in enumerate(todo)})
+            f = np.stack([got_f[h] for h in hs]).astype(np.float32)
+            sk = np.stack([got_s[h] for h in hs]).astype(np.float16)
+            if features_out is None:
+                features_out = np.empty((n, f.shape[1]), np.float32)
+                sketches_out = np.empty((n, SKETCH_SIDE, SKETCH_SIDE), np.float16) if sketches_out is None else sketches_out
+            features_out[i : i + len(hs)] = f
+            sketches_out[i : i + len(hs)] = sk
             t.advance(len(recs))
-    return np.stack(feats).astype(np.float32), np.stack(sketches).astype(np.float16)
+    return features_out, sketches_out
 
 
 @dataclass
@@ -149,22 +159,45 @@ def build_index(
     shas = hash_records(records, progress, "training set")
     if len(set(shas)) < len(shas):
         progress.log("note: the training set holds byte-identical duplicate images")
-    feats, sketches = compute_features(
-        records, shas, embedder=embedder, cache=cache, batch_size=batch_size, progress=progress, what="training set"
-    )
-    rng = np.random.default_rng(seed)
-    sample = feats if len(feats) <= _PCA_SAMPLE else feats[rng.choice(len(feats), _PCA_SAMPLE, replace=False)]
-    embedder.fit(sample)
-    emb = embedder.project(feats)
-    index = _make_faiss(emb.shape[1], kind)
-    index.add(emb)
-
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_index_files(tmp, records, shas, embedder=embedder, cache=cache, kind=kind, batch_size=batch_size,
+                           seed=seed, progress=progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-built index behind
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return load_index(out_dir, embedder)
+
+
+def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence[str], *, embedder: Embedder,
+                       cache: ArrayCache, kind: str, batch_size: int, seed: int, progress: Progress) -> None:
+    n = len(records)
+    # Features and sketches stream into memory maps on disk: memory stays bounded by one batch.
+    n_feat = embedder.features([load_image(records[0].path)]).shape[1]
+    feats = np.lib.format.open_memmap(tmp / "features.tmp.npy", mode="w+", dtype=np.float32, shape=(n, n_feat))
+    sketches = np.lib.format.open_memmap(tmp / "sketches.npy", mode="w+", dtype=np.float16,
+                                         shape=(n, SKETCH_SIDE, SKETCH_SIDE))
+    compute_features(records, shas, embedder=embedder, cache=cache, batch_size=batch_size, progress=progress,
+                     what="training set", features_out=feats, sketches_out=sketches)
+    rng = np.random.default_rng(seed)
+    pick = np.arange(n) if n <= _PCA_SAMPLE else np.sort(rng.choice(n, _PCA_SAMPLE, replace=False))
+    embedder.fit(np.asarray(feats[pick]))
+    index = None
+    for i in range(0, n, 8192):
+        emb = embedder.project(np.asarray(feats[i : i + 8192]))
+        if index is None:
+            index = _make_faiss(emb.shape[1], kind)
+        index.add(emb)
+    sketches.flush()
+    del feats, sketches
+    (tmp / "features.tmp.npy").unlink()
     faiss.write_index(index, str(tmp / "index.faiss"))
-    np.save(tmp / "sketches.npy", sketches)
     np.savez(tmp / "embedder.npz", **embedder.state())
     recs = [
         {"file_name": r.file_name, "image_id": r.image_id, "patient_id": r.patient_id, "sha256": h}
@@ -174,8 +207,8 @@ def build_index(
     meta = {
         "version": INDEX_VERSION,
         "kind": kind,
-        "n": len(records),
-        "dim": int(emb.shape[1]),
+        "n": n,
+        "dim": int(index.d),
         "embedder": embedder.name,
         "feature_fingerprint": embedder.feature_fingerprint(),
         "embedder_fingerprint": embedder.fingerprint(),
@@ -183,10 +216,6 @@ def build_index(
         "dataset_fingerprint": dataset_fingerprint(shas),
     }
     atomic_write_json(tmp / "meta.json", meta)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return load_index(out_dir, embedder)
 
 
 def load_index(path: Path, embedder: Embedder) -> GuardIndex:
