@@ -64,9 +64,9 @@ def test_sketch_alignment_scores_copies_high_and_other_patients_low(retina):
     copy, params = random_copy(retina, rng, family="combined")
     q = QuerySketch(copy)
     flip = bool(params.get("flip", 0))
-    best = max(q.score(sketch, flip=flip, angle=a)[0] for a in (-8.0, -4.0, 0.0, 4.0, 8.0))
+    best = max(q.score(sketch, orientation=4 if flip else 0, angle=a)[0] for a in (-8.0, -4.0, 0.0, 4.0, 8.0))
     other = render_visit(PhantomPatient.from_seed(1, 1), visit=0, size=320, seed=1)[0]
-    worst = max(QuerySketch(other).score(sketch, flip=f, angle=a)[0] for f in (False, True) for a in (-4.0, 0.0, 4.0))
+    worst = max(QuerySketch(other).score(sketch, orientation=o, angle=a)[0] for o in range(8) for a in (-4.0, 0.0, 4.0))
     assert best > 0.85
     assert worst < 0.5
 

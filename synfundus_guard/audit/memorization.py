@@ -1,6 +1,6 @@
 """Memorization check: is an image a (transformed) copy of a training image?
 
-Stage 1 embeds every query view (flips, small rotations) and retrieves the ``k`` nearest training images from
+Stage 1 embeds every query view (mirrors, quarter turns, small rotations) and retrieves the ``k`` nearest training images from
 the FAISS index. Stage 2 aligns the image with each retrieved candidate in pixel space
 (:mod:`.pixel_match`) and keeps the best normalised cross-correlation. Two scores per image:
 
@@ -62,15 +62,15 @@ def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> 
         # coarse pass: every candidate at the view that matched it (translation only) ...
         coarse = []
         for j in cands:
-            flip, angle = index.embedder.view_params(best_view[j][1])
+            orientation, angle = index.embedder.view_params(best_view[j][1])
             for a in COARSE_ANGLES if angle is None else (angle,):
-                score, t = query.score(np.asarray(index.sketches[j]), flip=flip, angle=a, grid=COARSE)
-                coarse.append((score, j, flip, a, t))
+                score, t = query.score(np.asarray(index.sketches[j]), orientation=orientation, angle=a, grid=COARSE)
+                coarse.append((score, j, orientation, a, t))
         coarse.sort(key=lambda c: -c[0])
         best_score, best_j, _, _, best_t = coarse[0] if coarse else (-1.0, -1, False, 0.0, {})
         # ... then the full rotation/scale grid on the most promising candidate-views
-        for _, j, flip, a, _ in coarse[:REFINE]:
-            score, t = query.score(np.asarray(index.sketches[j]), flip=flip, angle=a)
+        for _, j, orientation, a, _ in coarse[:REFINE]:
+            score, t = query.score(np.asarray(index.sketches[j]), orientation=orientation, angle=a)
             if score > best_score:
                 best_score, best_j, best_t = score, j, t
         emb_sim = best_view[cands[0]][0] if cands else -1.0

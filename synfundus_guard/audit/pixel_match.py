@@ -3,7 +3,7 @@
 The first stage (embeddings + FAISS) proposes training images that *might* be the source of a synthetic image.
 This stage decides in pixel space. Both images are brought into the canonical field-of-view frame, rank-
 equalised (invariant to brightness, contrast and gamma), band-passed (the vessel tree and lesions, not the
-illumination) and compared with a search over flips, small rotations and scales; translations are searched
+illumination) and compared with a search over orientations, small rotations and scales; translations are searched
 exhaustively by FFT cross-correlation within ``max_shift``. The score is the best normalised
 cross-correlation (cosine similarity of the aligned band-pass images): ~1 for a copy, near 0 for unrelated
 anatomy.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..data.fov import canonical_crop, detect_fov, disc_mask, rotate_scale
+from ..data.fov import canonical_crop, detect_fov, disc_mask, orient, rotate_scale
 from ..embed.pixel import _rank_equalise
 
 SKETCH_SIDE = 96
@@ -35,6 +35,9 @@ class AlignmentGrid:
     """Largest translation searched, in sketch pixels (8/96 = 8 % of the FOV diameter)."""
 
 
+WIDE = AlignmentGrid(scales=(0.75, 0.82, 0.9, 1.0, 1.1, 1.22, 1.33), max_shift=16)
+"""Default refinement for images without a field-of-view disc: nothing fixes their scale or centre, so crops,
+padding and zooms are searched more widely."""
 COARSE = AlignmentGrid(angles=(0.0,), scales=(1.0,))
 """Only translations: the first pass over all candidates, before the full grid refines the best ones."""
 
@@ -84,27 +87,27 @@ def make_sketch(img: np.ndarray) -> np.ndarray:
 class QuerySketch:
     """A candidate image prepared for alignment against many training sketches (views built lazily)."""
 
-    def __init__(self, img: np.ndarray, grid: AlignmentGrid = AlignmentGrid()):
+    def __init__(self, img: np.ndarray, grid: AlignmentGrid | None = None):
         self.eq, self.is_disc = _equalised(img)
-        self.grid = grid
-        self._spectra: dict[tuple[bool, float, float], np.ndarray] = {}
+        self.grid = grid or (AlignmentGrid() if self.is_disc else WIDE)
+        self._spectra: dict[tuple[int, float, float], np.ndarray] = {}
 
-    def _spectrum(self, flip: bool, angle: float, scale: float) -> np.ndarray:
-        key = (flip, round(angle, 3), round(scale, 3))
+    def _spectrum(self, orientation: int, angle: float, scale: float) -> np.ndarray:
+        key = (orientation, round(angle, 3), round(scale, 3))
         spec = self._spectra.get(key)
         if spec is None:
-            base = self.eq[:, ::-1] if flip else self.eq
+            base = orient(self.eq, orientation)
             warped = base if (angle == 0 and scale == 1) else rotate_scale(base, angle, scale)
             spec = _band_spectrum(warped, self.is_disc)
             self._spectra[key] = spec
         return spec
 
-    def score(self, sketch: np.ndarray, *, flip: bool = False, angle: float = 0.0,
+    def score(self, sketch: np.ndarray, *, orientation: int = 0, angle: float = 0.0,
               grid: AlignmentGrid | None = None) -> tuple[float, dict[str, float]]:
-        """Best NCC against a training ``sketch`` around the view (``flip``, ``angle``); also the transform."""
+        """Best NCC against a training ``sketch`` around the view (``orientation``, ``angle``) and the transform."""
         tspec = np.conj(np.fft.rfft2(sketch.astype(np.float32)))
         g = grid or self.grid
-        keys = [(flip, angle + da, s) for da in g.angles for s in g.scales]
+        keys = [(orientation, angle + da, s) for da in g.angles for s in g.scales]
         spectra = np.stack([self._spectrum(*k) for k in keys])
         corr = np.fft.irfft2(spectra * tspec, s=(SKETCH_SIDE, SKETCH_SIDE))
         m = g.max_shift
@@ -117,4 +120,4 @@ class QuerySketch:
         dy, dx = int(rows[iy]), int(rows[ix])
         dy, dx = (dy - SKETCH_SIDE if dy > m else dy), (dx - SKETCH_SIDE if dx > m else dx)
         kf, ka, ks = keys[v]
-        return best, {"flip": float(kf), "angle": float(ka), "scale": float(ks), "dx": float(dx), "dy": float(dy)}
+        return best, {"orientation": float(kf), "angle": float(ka), "scale": float(ks), "dx": float(dx), "dy": float(dy)}

@@ -133,3 +133,13 @@ def rotate_scale(img: np.ndarray, angle: float, scale: float = 1.0) -> np.ndarra
     if img.ndim == 2:
         return ndi.affine_transform(img, rot, offset=offset, order=1, mode="constant", cval=0.0)
     return np.stack([rotate_scale(img[..., k], angle, scale) for k in range(img.shape[2])], axis=2)
+
+
+ORIENTATIONS = 8
+"""The dihedral group of the square: identity, quarter turns, mirrors (a copy may be flipped or turned)."""
+
+
+def orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Orientation ``0..7``: mirror left-right when ``orientation >= 4``, then ``orientation % 4`` quarter turns."""
+    x = img[:, ::-1] if orientation >= 4 else img
+    return np.rot90(x, orientation % 4) if orientation % 4 else x

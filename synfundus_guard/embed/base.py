@@ -8,8 +8,8 @@ transformed". It works in two stages so the expensive part can be cached on disk
 * :meth:`Embedder.project` — a cheap map from raw features to the final embedding, possibly fitted on the
   training set (:meth:`fit`), e.g. PCA whitening. Its parameters travel with the index.
 
-``features(images, views=True)`` also returns features of augmented *views* of each image (flips, small
-rotations): a query is matched against the index through every view, so a flipped or rotated copy of a
+``features(images, views=True)`` also returns features of augmented *views* of each image (mirrors, quarter
+turns, small rotations): a query is matched against the index through every view, so a flipped or rotated copy of a
 training image still finds its source.
 """
 
@@ -39,9 +39,10 @@ class Embedder(abc.ABC):
     def features(self, images: Sequence[np.ndarray], *, views: bool = False) -> np.ndarray:
         """Raw features: ``(n, F)`` float32, or ``(n, n_views, F)`` when ``views`` is true."""
 
-    def view_params(self, view: int) -> tuple[bool, float | None]:
-        """(horizontal flip, rotation in degrees or None when unknown) of query view ``view``."""
-        return (view % 2 == 1, None) if self.n_views == 2 else (False, None)
+    def view_params(self, view: int) -> tuple[int, float | None]:
+        """(orientation 0..7 as in :func:`~synfundus_guard.data.fov.orient`, rotation in degrees or None when
+        unknown) of query view ``view``. The default: view 1 of two is the left-right mirror."""
+        return (4 if view % 2 == 1 else 0, None) if self.n_views == 2 else (0, None)
 
     def fit(self, features: np.ndarray) -> None:
         """Fit the projection on training raw features ``(n, F)``. The default projection needs no fit."""

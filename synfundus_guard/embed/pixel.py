@@ -8,7 +8,7 @@ photometric *invariance* problem rather than a semantic one.
   (brightness, contrast, gamma); a light blur first absorbs noise and JPEG artefacts.
 * Two blocks: a 16x16 colour layout (disc position, pigmentation, lesions) and a 32x32 band-pass of the
   luminance (the vessel tree, the identity-bearing structure).
-* Query views cover horizontal flips and small rotations about the FOV centre.
+* Query views cover the 8 mirror/quarter-turn orientations and small rotations about the FOV centre.
 * PCA fitted on the training set keeps the directions in which training images differ from each other and
   partially whitens them (power 0.5 on the eigenvalues), so shared anatomy counts less than identity.
 """
@@ -20,14 +20,15 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..data.fov import canonical_crop, detect_fov, disc_mask, resize_image, rotate_scale
+from ..data.fov import ORIENTATIONS, canonical_crop, detect_fov, disc_mask, orient, resize_image, rotate_scale
 from .base import Embedder, l2_normalize
 
 _SIDE = 48
 _COLOUR_SIDE = 16
 _BAND_SIDE = 32
-VIEW_ANGLES = (0.0, -8.0, -4.0, 4.0, 8.0)
-"""Rotations (degrees) of the query views; each is taken with and without a horizontal flip."""
+VIEW_ANGLES = (0.0, -6.0, 6.0, -12.0, 12.0)
+"""Rotations (degrees) of the query views, each in every orientation (:data:`ORIENTATIONS`); the pixel stage
+refines around the matched view (+-4 degrees), so rotations up to ~16 degrees are covered."""
 
 
 def _rank_equalise(chan: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -59,10 +60,10 @@ class PixelEmbedder(Embedder):
 
     @property
     def n_views(self) -> int:
-        return 2 * len(VIEW_ANGLES)
+        return ORIENTATIONS * len(VIEW_ANGLES)
 
-    def view_params(self, view: int) -> tuple[bool, float | None]:
-        return view >= len(VIEW_ANGLES), VIEW_ANGLES[view % len(VIEW_ANGLES)]
+    def view_params(self, view: int) -> tuple[int, float | None]:
+        return view // len(VIEW_ANGLES), VIEW_ANGLES[view % len(VIEW_ANGLES)]
 
     def feature_fingerprint(self) -> str:
         return f"{self.VERSION}:side{_SIDE}:c{_COLOUR_SIDE}:b{_BAND_SIDE}"
@@ -89,8 +90,8 @@ class PixelEmbedder(Embedder):
 
     def _views(self, canon: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
         out = []
-        for flip in (False, True):
-            base = canon[:, ::-1] if flip else canon
+        for o in range(ORIENTATIONS):
+            base = orient(canon, o)
             for angle in VIEW_ANGLES:
                 view = base if angle == 0 else rotate_scale(base, angle)
                 out.append(self._view_features(view, mask))
