@@ -1,0 +1,133 @@
+"""Guarded vs unguarded sampling wall time, and training speed with and without DP.
+
+    .venv/bin/python bench/bench_generation.py [--model DIR] [--n 64] [--batch-size 16] [--steps 25]
+                                               [--policy policies/public.yaml] [--train-steps 30] [--threads N]
+
+1. Sampling: the same ``n`` images (same seeds) written as PNGs by a plain loop (unguarded), then through
+   :func:`~synfundus_guard.generation.sampler.generate_release` with the policy's per-image checks (guarded:
+   checks, quarantine, journal, manifest). The one-time guard setup (training index, holdout calibration) is
+   reported on its own line; the ratio compares the sampling runs. Goal: <= 1.10x at default settings.
+2. Training: steps/s of the default architecture on phantom data, plain and with Opacus DP-SGD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from synfundus_guard.data.images import encode_png  # noqa: E402
+from synfundus_guard.data.phantom import generate_phantom  # noqa: E402
+from synfundus_guard.fsutil import atomic_write_bytes  # noqa: E402
+from synfundus_guard.generation.dp import DPConfig  # noqa: E402
+from synfundus_guard.generation.model import DEFAULT_MODEL_DIR, LoadedModel, load_model  # noqa: E402
+from synfundus_guard.generation.sample import sample_images  # noqa: E402
+from synfundus_guard.generation.sampler import generate_release  # noqa: E402
+from synfundus_guard.generation.train import train_model  # noqa: E402
+from synfundus_guard.policies import load_policy  # noqa: E402
+from synfundus_guard.policies.schema import GenerationPolicy, Policy  # noqa: E402
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+
+
+def build_checks(model: LoadedModel, policy: Policy, work: Path) -> list:
+    """The checks ``guard generate`` would use (the lead's factory when present, else built here the same way)."""
+    from synfundus_guard.audit import runner
+
+    factory = getattr(runner, "build_checks_for_model", None)
+    if factory is not None:
+        return list(factory(model_dir=model.path, policy=policy))
+    from synfundus_guard.data.split import write_split
+    from synfundus_guard.generation.default import training_data_dir
+
+    card = model.card
+    data = training_data_dir(model, cache_dir=work / "cache")
+    split = write_split(data, work / "split", holdout_fraction=card.data.holdout_fraction, seed=card.data.split_seed)
+    guard = runner.prepare_guard(train_dir=split.train_dir, holdout_dir=split.holdout_dir, k=policy.memorization.k,
+                                 cache_dir=work / "cache")
+    return runner.build_checks(policy=policy, guard=guard)
+
+
+def bench_sampling(args: argparse.Namespace, work: Path) -> None:
+    model = load_model(args.model)
+    policy = load_policy(args.policy)
+    # The bench measures overhead, not the policy's stop rule: never stop early on rejections.
+    policy = Policy(**{**policy.__dict__, "generation": GenerationPolicy(max_rejection_rate=1.0)})
+    t0 = time.perf_counter()
+    out = work / "plain"
+    out.mkdir()
+    for s in sample_images(model, n=args.n, seed=0, batch_size=args.batch_size, steps=args.steps):
+        atomic_write_bytes(out / f"synth_{s.index:06d}.png", encode_png(s.image))
+    plain = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    checks = build_checks(model, policy, work)
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = generate_release(model_dir=args.model, model=model, n=args.n, out_dir=work / "guarded", checks=checks,
+                           policy=policy, seed=0, batch_size=args.batch_size, steps=args.steps)
+    guarded = time.perf_counter() - t0
+    names = ", ".join(c.name for c in checks) or "none"
+    table(f"Sampling {args.n} images, {model.resolution}px, {args.steps} DDIM steps, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} thread(s); checks: {names}",
+          ["run", "wall s", "images/s", "ratio"],
+          [["unguarded (sample + PNG)", f"{plain:.1f}", f"{args.n / plain:.2f}", "1.00x"],
+           [f"guarded ({res.accepted} released, {res.rejected} quarantined)", f"{guarded:.1f}",
+            f"{res.accepted / guarded:.2f}", f"{guarded / plain:.2f}x"],
+           ["guarded per drawn sample", "", f"{(res.accepted + res.rejected) / guarded:.2f}",
+            f"{guarded / plain * args.n / max(1, res.accepted + res.rejected):.2f}x"],
+           ["one-time guard setup (index + calibration)", f"{setup:.1f}", "", ""]])
+
+
+def bench_training(args: argparse.Namespace, work: Path) -> None:
+    data = work / "phantom"
+    generate_phantom(data, patients=40, visits=2, size=64, seed=0)
+    rows = []
+    for label, dp in (("plain (AdamW)", None), ("DP-SGD (Opacus, eps 8)", DPConfig(target_epsilon=8.0))):
+        res = train_model(train_dir=data, out_dir=work / f"train-{len(rows)}", steps=args.train_steps, resolution=32,
+                          batch_size=16, channels=(32, 64, 64), dp=dp)
+        rows.append([label, f"{res.parameters / 1e6:.2f} M", args.train_steps, f"{res.seconds:.1f}",
+                     f"{res.steps_per_second:.2f}"])
+    base = float(rows[0][-1])
+    for r in rows:
+        r.append(f"{float(r[-1]) / base:.2f}x")
+    table(f"Training, default architecture, 32px, batch 16, {torch.get_num_threads()} thread(s)",
+          ["mode", "params", "steps", "wall s", "steps/s", "vs plain"], rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--policy", type=Path, default=ROOT / "policies" / "public.yaml")
+    ap.add_argument("--train-steps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--skip-training", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
+        bench_sampling(args, Path(tmp))
+        if not args.skip_training:
+            bench_training(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
