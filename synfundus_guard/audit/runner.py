@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data.folder import scan_folder
+from ..data.folder import ImageRecord, scan_folder
 from ..data.images import list_images, load_image
 from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
@@ -51,25 +51,34 @@ class Guard:
 
 def prepare_guard(
     *,
-    train_dir: Path,
-    holdout_dir: Path,
+    train_dir: Path | None = None,
+    holdout_dir: Path | None = None,
     k: int,
+    train_records: Sequence[ImageRecord] | None = None,
+    holdout_records: Sequence[ImageRecord] | None = None,
     embedder: str | Embedder = DEFAULT_SPEC,
     index_dir: Path | None = None,
     cache_dir: Path | None = None,
     batch_size: int = 16,
     progress: Progress = NULL_PROGRESS,
 ) -> Guard:
-    """Load or build the index of ``train_dir`` and calibrate it on ``holdout_dir``.
+    """Load or build the index of the training set and calibrate it on the holdout set.
 
-    With ``index_dir`` given and present, that index is used and must match the training set and embedder
-    (:class:`IndexMismatchError` otherwise); absent, it is built there. Without it, indexes are cached under
-    ``cache_dir/index/`` keyed by dataset and embedder fingerprints.
+    The sets are folders (``train_dir``, ``holdout_dir``) or record lists (e.g. the split a model's card
+    names). With ``index_dir`` given and present, that index is used and must match the training set and
+    embedder (:class:`IndexMismatchError` otherwise); absent, it is built there. Without it, indexes are cached
+    under ``cache_dir/index/`` keyed by dataset and embedder fingerprints.
     """
     emb = embedder_from_spec(embedder) if isinstance(embedder, str) else embedder
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    train_records = scan_folder(train_dir)
-    holdout_records = scan_folder(holdout_dir)
+    if train_records is None:
+        if train_dir is None:
+            raise InputError("a training set is required")
+        train_records = scan_folder(train_dir)
+    if holdout_records is None:
+        if holdout_dir is None:
+            raise InputError("a holdout set is required")
+        holdout_records = scan_folder(holdout_dir)
     shas = hash_records(train_records, progress, "training set")
     data_fp = dataset_fingerprint(shas)
     if index_dir is None:
@@ -83,16 +92,48 @@ def prepare_guard(
         if (index_dir / "meta.json").is_file():
             index = load_index(index_dir, emb)
             if index.dataset_fingerprint != data_fp:
-                raise IndexMismatchError(
-                    f"index {index_dir} was built from a different training set than {train_dir}"
-                )
+                raise IndexMismatchError(f"index {index_dir} was built from a different training set")
         else:
-            index = build_index(train_dir=train_dir, out_dir=index_dir, embedder=emb, cache=cache,
+            index = build_index(records=train_records, out_dir=index_dir, embedder=emb, cache=cache,
                                 batch_size=batch_size, progress=progress)
         cal = calibrate(index, holdout_records, k=k, batch_size=batch_size, progress=progress)
     finally:
         cache.close()
     return Guard(index=index, calibration=cal)
+
+
+def build_checks_for_model(
+    *,
+    model_dir: Path,
+    policy: Policy,
+    embedder: str = DEFAULT_SPEC,
+    cache_dir: Path | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> list[Check]:
+    """The checks for sampling from ``model_dir``: its card's training split is indexed, its holdout calibrates.
+
+    Raises :class:`~synfundus_guard.errors.ModelError` for a model without a training card (its training data
+    is unknown, so memorization cannot be checked) or whose training images are gone.
+    """
+    from ..errors import ModelError
+    from ..generation.default import training_data_dir
+    from ..generation.model import load_model
+
+    model = load_model(model_dir)
+    card = model.card
+    if card is None:
+        raise ModelError(f"{model_dir} has no training card: its training data is unknown, so generated images "
+                         "cannot be checked against it (train it with guard train)")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    data_dir = training_data_dir(model, cache_dir=cache_dir, progress=progress)
+    by_name = {r.file_name: r for r in scan_folder(data_dir)}
+    missing = [f for f in (*card.data.train_files, *card.data.holdout_files) if f not in by_name]
+    if missing:
+        raise ModelError(f"{len(missing)} image(s) of the model's training/holdout split are missing from {data_dir}")
+    guard = prepare_guard(train_records=[by_name[f] for f in card.data.train_files],
+                          holdout_records=[by_name[f] for f in card.data.holdout_files], k=policy.memorization.k,
+                          embedder=embedder, cache_dir=cache_dir, progress=progress)
+    return build_checks(policy=policy, guard=guard, progress=progress)
 
 
 def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NULL_PROGRESS) -> list[Check]:

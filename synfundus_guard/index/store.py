@@ -145,8 +145,9 @@ def _make_faiss(dim: int, kind: str) -> faiss.Index:
 
 def build_index(
     *,
-    train_dir: Path,
     out_dir: Path,
+    train_dir: Path | None = None,
+    records: Sequence[ImageRecord] | None = None,
     embedder: Embedder,
     cache: ArrayCache,
     kind: str = "flat",
@@ -154,8 +155,14 @@ def build_index(
     seed: int = 0,
     progress: Progress = NULL_PROGRESS,
 ) -> GuardIndex:
-    """Embed every training image and write an index folder at ``out_dir``; returns it loaded."""
-    records = scan_folder(train_dir)
+    """Embed every training image (of ``train_dir``, or the given ``records``) into an index folder at
+    ``out_dir``; returns it loaded."""
+    if records is None:
+        if train_dir is None:
+            raise InputError("build_index needs train_dir or records")
+        records = scan_folder(train_dir)
+    if not records:
+        raise InputError("the training set is empty")
     shas = hash_records(records, progress, "training set")
     if len(set(shas)) < len(shas):
         progress.log("note: the training set holds byte-identical duplicate images")
