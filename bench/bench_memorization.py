@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from synfundus_guard.audit.memorization import score_images  # noqa: E402
 from synfundus_guard.audit.runner import audit_release, prepare_guard  # noqa: E402
 from synfundus_guard.data.fov import resize_image  # noqa: E402
+from synfundus_guard.data.folder import write_image_folder  # noqa: E402
 from synfundus_guard.data.images import encode_png  # noqa: E402
 from synfundus_guard.data.perturb import FAMILIES, random_copy  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
@@ -46,13 +47,6 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
 
 
-def write_folder(folder: Path, items: list[tuple[str, np.ndarray, str, str]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["file_name,image_id,patient_id"]
-    for name, img, image_id, patient in items:
-        atomic_write_bytes(folder / name, encode_png(img))
-        lines.append(f"{name},{image_id},{patient}")
-    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
 
 
 def retina(size: int) -> np.ndarray:
@@ -92,8 +86,8 @@ def main() -> None:
             img, _ = render_visit(patient, visit=v, size=args.size, seed=args.seed)
             dest.append((f"p{p:05d}_v{v}.png", img, f"P{p:05d}-V{v}", f"P{p:05d}"))
     train_items.append(("real_retina.png", retina(args.size), "RETINA-1", "PRETINA"))
-    write_folder(tmp / "train", train_items)
-    write_folder(tmp / "holdout", holdout_items)
+    write_image_folder(tmp / "train", train_items)
+    write_image_folder(tmp / "holdout", holdout_items)
     t_data = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image, ImageDraw, ImageFont
 from skimage import data as d
-from bench.bench_memorization import write_folder
+from synfundus_guard.data.folder import write_image_folder
 from synfundus_guard.audit.runner import prepare_guard
 from synfundus_guard.audit.memorization import score_images
 from synfundus_guard.data.fov import resize_image
@@ -33,7 +33,7 @@ for p in range(60):
     for v in range(2):
         dest.append((f"p{p}_{v}.png", render_visit(pt,visit=v,size=S,seed=5)[0], f"i{p}{v}", f"P{p}"))
 for k,img in reals.items(): train.append((f"{k}.png", img, k, k))
-write_folder(root/"train",train); write_folder(root/"holdout",hold)
+write_image_folder(root/"train",train); write_image_folder(root/"holdout",hold)
 g=prepare_guard(train_dir=root/"train", holdout_dir=root/"holdout", k=10, cache_dir=root/"c")
 cal=g.calibration; te=cal.threshold(cal.embedding_sims,0.999); tp=cal.threshold(cal.pixel_nccs,0.999)
 print("thresholds", round(te,3), round(tp,3))

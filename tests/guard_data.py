@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synfundus_guard.data.folder import write_image_folder
 from synfundus_guard.data.images import encode_png
 from synfundus_guard.data.perturb import random_copy
 from synfundus_guard.data.phantom import PhantomPatient, render_visit
@@ -15,13 +16,6 @@ SIZE = 128
 SEED = 11
 
 
-def write_folder(folder: Path, items: list[tuple[str, np.ndarray, str, str]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["file_name,image_id,patient_id"]
-    for name, img, image_id, patient in items:
-        atomic_write_bytes(folder / name, encode_png(img))
-        lines.append(f"{name},{image_id},{patient}")
-    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
 
 
 def make_dataset(root: Path, *, patients: int = 30, novel: int = 6, copies: int = 4) -> dict[str, Path]:
@@ -34,8 +28,8 @@ def make_dataset(root: Path, *, patients: int = 30, novel: int = 6, copies: int 
             img, _ = render_visit(patient, visit=v, size=SIZE, seed=SEED)
             dest.append((f"train_p{p:03d}_v{v}.png" if dest is train else f"hold_p{p:03d}_v{v}.png", img,
                          f"IMG-{p:03d}-{v}", f"PAT-{p:03d}"))
-    write_folder(root / "train", train)
-    write_folder(root / "holdout", holdout)
+    write_image_folder(root / "train", train)
+    write_image_folder(root / "holdout", holdout)
     novel_imgs = [render_visit(PhantomPatient.from_seed(SEED + 500, i), visit=0, size=SIZE, seed=SEED + 500)[0]
                   for i in range(novel)]
     rng = np.random.default_rng(3)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from ..errors import InputError
 from .images import list_images
@@ -87,3 +90,17 @@ def scan_folder(folder: Path) -> list[ImageRecord]:
             )
         )
     return records
+
+
+def write_image_folder(folder: Path, items: Sequence[tuple[str, np.ndarray, str, str]]) -> None:
+    """Write ``(file_name, image, image_id, patient_id)`` items as PNGs plus a ``labels.csv`` (atomic writes)."""
+    from ..fsutil import atomic_write_bytes, atomic_write_text
+    from .images import encode_png
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["file_name,image_id,patient_id"]
+    for name, img, image_id, patient in items:
+        atomic_write_bytes(folder / name, encode_png(img))
+        lines.append(f"{name},{image_id},{patient}")
+    atomic_write_text(folder / LABELS_FILE, "\n".join(lines) + "\n")
