@@ -43,38 +43,63 @@ class MemoScore:
     candidates: tuple[int, ...] = ()
 
 
-def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[MemoScore]:
-    """Score images against the training index (both stages)."""
+@dataclass(frozen=True)
+class Retrieval:
+    """Stage 1 for one image: training candidates (index, best view), closest first."""
+
+    embedding_sim: float
+    candidates: tuple[tuple[int, int], ...]
+
+
+def retrieve(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[Retrieval]:
+    """Embed every view of every image and keep the ``k`` closest training images, each with its best view."""
     emb = index.embed(images, views=True)  # (n, V, D)
     n, v, d = emb.shape
     sims, idx = index.search(emb.reshape(n * v, d), k)
     sims, idx = sims.reshape(n, v, -1), idx.reshape(n, v, -1)
     out = []
-    for i, img in enumerate(images):
-        # best view per candidate training image
+    for i in range(n):
         best_view: dict[int, tuple[float, int]] = {}
         for view in range(v):
             for s, j in zip(sims[i, view], idx[i, view]):
                 if j >= 0 and (j not in best_view or s > best_view[j][0]):
                     best_view[int(j)] = (float(s), view)
         cands = sorted(best_view, key=lambda j: -best_view[j][0])[:k]
-        query = QuerySketch(img)
-        # coarse pass: every candidate at the view that matched it (translation only) ...
-        coarse = []
-        for j in cands:
-            orientation, angle = index.embedder.view_params(best_view[j][1])
-            for a in COARSE_ANGLES if angle is None else (angle,):
-                score, t = query.score(np.asarray(index.sketches[j]), orientation=orientation, angle=a, grid=COARSE)
-                coarse.append((score, j, orientation, a, t))
-        coarse.sort(key=lambda c: -c[0])
-        best_score, best_j, _, _, best_t = coarse[0] if coarse else (-1.0, -1, False, 0.0, {})
-        # ... then the full rotation/scale grid on the most promising candidate-views
-        for _, j, orientation, a, _ in coarse[:REFINE]:
-            score, t = query.score(np.asarray(index.sketches[j]), orientation=orientation, angle=a)
-            if score > best_score:
-                best_score, best_j, best_t = score, j, t
-        emb_sim = best_view[cands[0]][0] if cands else -1.0
-        out.append(MemoScore(emb_sim, best_score, best_j, best_t, tuple(cands)))
+        out.append(Retrieval(best_view[cands[0]][0] if cands else -1.0,
+                             tuple((j, best_view[j][1]) for j in cands)))
+    return out
+
+
+def align_best(index: GuardIndex, query: QuerySketch, retrieval: Retrieval, templates: np.ndarray
+               ) -> tuple[float, int, dict[str, float]]:
+    """Best aligned correlation of ``query`` with the retrieved candidates' ``templates``.
+
+    A coarse pass scores every candidate at the view that matched it (translation only); the full rotation
+    and scale grid then refines the :data:`REFINE` most promising candidate-views.
+    """
+    coarse = []
+    for j, view in retrieval.candidates:
+        orientation, angle = index.embedder.view_params(view)
+        for a in COARSE_ANGLES if angle is None else (angle,):
+            score, t = query.score(np.asarray(templates[j]), orientation=orientation, angle=a, grid=COARSE)
+            coarse.append((score, j, orientation, a, t))
+    coarse.sort(key=lambda c: -c[0])
+    best_score, best_j, _, _, best_t = coarse[0] if coarse else (-1.0, -1, 0, 0.0, {})
+    for _, j, orientation, a, _ in coarse[:REFINE]:
+        score, t = query.score(np.asarray(templates[j]), orientation=orientation, angle=a)
+        if score > best_score:
+            best_score, best_j, best_t = score, j, t
+    return best_score, best_j, best_t
+
+
+def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int,
+                 retrievals: Sequence[Retrieval] | None = None) -> list[MemoScore]:
+    """Score images against the training index (both stages)."""
+    retrievals = retrievals if retrievals is not None else retrieve(index, images, k=k)
+    out = []
+    for img, r in zip(images, retrievals):
+        score, j, t = align_best(index, QuerySketch(img), r, index.sketches)
+        out.append(MemoScore(r.embedding_sim, score, j, t, tuple(c for c, _ in r.candidates)))
     return out
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import frangi
 
 from ..data.fov import canonical_crop, detect_fov, disc_mask, orient, rotate_scale
 from ..embed.pixel import _rank_equalise
@@ -78,17 +79,40 @@ def _band_spectrum(eq: np.ndarray, is_disc: bool) -> np.ndarray:
     return spec / max(np.sqrt(energy), 1e-9)
 
 
-def make_sketch(img: np.ndarray) -> np.ndarray:
-    """The stored stage-2 representation of a training image: ``(SKETCH_SIDE, SKETCH_SIDE)`` float16."""
+def vesselness(eq: np.ndarray) -> np.ndarray:
+    """Multi-scale Frangi response to dark ridges (vessels) of an equalised canonical image, in [0, ~1]."""
+    v = frangi(eq, sigmas=(1.0, 1.5, 2.0), black_ridges=True)
+    return np.sqrt(v / (np.percentile(v, 99.5) + 1e-12)).astype(np.float32)
+
+
+def _vessel_spectrum(vmap: np.ndarray, is_disc: bool) -> np.ndarray:
+    """Spectrum of a tapered vesselness map, zero-mean and unit-norm."""
+    spec = np.fft.rfft2(vmap * (_TAPER if is_disc else _FULL_TAPER))
+    spec[0, 0] = 0.0
+    energy = float(np.sum(_PARSEVAL * (spec.real**2 + spec.imag**2))) / (SKETCH_SIDE * SKETCH_SIDE)
+    return spec / max(np.sqrt(energy), 1e-9)
+
+
+_KINDS = {"band": _band_spectrum, "vessel": _vessel_spectrum}
+VESSEL_VERSION = f"vessel-v1:{SKETCH_SIDE}"
+
+
+def make_sketch(img: np.ndarray, kind: str = "band") -> np.ndarray:
+    """The stored representation of a training image, ``(SKETCH_SIDE, SKETCH_SIDE)`` float16: the band-pass
+    sketch of the memorization check (``kind="band"``) or the vessel template of the biometric check."""
     eq, is_disc = _equalised(img)
-    return np.fft.irfft2(_band_spectrum(eq, is_disc), s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float16)
+    base = vesselness(eq) if kind == "vessel" else eq
+    return np.fft.irfft2(_KINDS[kind](base, is_disc), s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float16)
 
 
 class QuerySketch:
     """A candidate image prepared for alignment against many training sketches (views built lazily)."""
 
-    def __init__(self, img: np.ndarray, grid: AlignmentGrid | None = None):
+    def __init__(self, img: np.ndarray, grid: AlignmentGrid | None = None, *, kind: str = "band"):
         self.eq, self.is_disc = _equalised(img)
+        self._filter = _KINDS[kind]
+        if kind == "vessel":  # vesselness once, then warp the map (Frangi is close to rotation-invariant)
+            self.eq = vesselness(self.eq)
         self.grid = grid or (AlignmentGrid() if self.is_disc else WIDE)
         self._spectra: dict[tuple[int, float, float], np.ndarray] = {}
 
@@ -98,7 +122,7 @@ class QuerySketch:
         if spec is None:
             base = orient(self.eq, orientation)
             warped = base if (angle == 0 and scale == 1) else rotate_scale(base, angle, scale)
-            spec = _band_spectrum(warped, self.is_disc)
+            spec = self._filter(warped, self.is_disc)
             self._spectra[key] = spec
         return spec
 

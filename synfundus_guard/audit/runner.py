@@ -20,13 +20,14 @@ from ..embed.cache import ArrayCache
 from ..embed.registry import DEFAULT_SPEC, embedder_from_spec
 from ..errors import IndexMismatchError, InputError
 from ..index.calibrate import Calibration, calibrate
-from ..index.store import GuardIndex, build_index, dataset_fingerprint, hash_records, load_index
+from ..index.store import INDEX_VERSION, GuardIndex, build_index, dataset_fingerprint, hash_records, load_index
 from ..policies.evaluate import ReleaseVerdict, evaluate_release, image_result
 from ..policies.schema import Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..release.report import ImageResult, Report, write_report
 from .base import Candidate, Check, run_checks
 from .memorization import MemorizationCheck
+from .vessels import VesselCheck
 
 
 def default_cache_dir() -> Path:
@@ -85,7 +86,7 @@ def prepare_guard(
         from ..fsutil import sha256_bytes
 
         key = sha256_bytes(emb.feature_fingerprint().encode())[:8]
-        index_dir = cache_dir / "index" / f"{data_fp[:16]}-{key}"
+        index_dir = cache_dir / "index" / f"{data_fp[:16]}-{key}-{INDEX_VERSION}"
     index_dir = Path(index_dir)
     cache = ArrayCache(cache_dir / "features.sqlite")
     try:
@@ -159,6 +160,13 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
         )
     else:
         progress.log("warning: the policy disables the memorization check")
+    vp = policy.identity.vessels
+    if vp.enabled:
+        if guard is None:
+            raise InputError("the policy enables the vessels check: --train and --holdout are required")
+        cal = guard.calibration
+        checks.append(VesselCheck(index=guard.index, k=mp.k, threshold=cal.threshold(cal.vessel_scores, vp.quantile),
+                                  calibration_info={"quantile": vp.quantile, "n_holdout": int(len(cal.vessel_scores))}))
     return checks
 
 

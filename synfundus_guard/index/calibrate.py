@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..audit.memorization import score_images
+from ..audit.memorization import retrieve, score_images
+from ..audit.vessels import vessel_scores
 from ..data.folder import ImageRecord
 from ..data.images import load_image
 from ..errors import InputError
@@ -33,6 +34,7 @@ class Calibration:
 
     embedding_sims: np.ndarray
     pixel_nccs: np.ndarray
+    vessel_scores: np.ndarray
     holdout_fingerprint: str
     k: int
 
@@ -52,7 +54,8 @@ class Calibration:
             return {f"q{p}": round(float(np.quantile(a, p / 100)), 6) for p in (50, 90, 99, 100)}
 
         return {"n_holdout": int(len(self.embedding_sims)), "k": self.k,
-                "embedding_sim": q(self.embedding_sims), "pixel_ncc": q(self.pixel_nccs)}
+                "embedding_sim": q(self.embedding_sims), "pixel_ncc": q(self.pixel_nccs),
+                "vessel_score": q(self.vessel_scores)}
 
 
 def tail_quantile(x: np.ndarray, q: float) -> float:
@@ -105,16 +108,20 @@ def calibrate(
     if cache_path.is_file():
         try:
             data = json.loads(cache_path.read_text())
-            return Calibration(np.asarray(data["embedding_sims"]), np.asarray(data["pixel_nccs"]), fp, k)
+            return Calibration(np.asarray(data["embedding_sims"]), np.asarray(data["pixel_nccs"]),
+                               np.asarray(data["vessel_scores"]), fp, k)
         except (OSError, ValueError, KeyError):
             pass  # recompute a damaged cache entry
-    emb, pix = [], []
+    emb, pix, ves = [], [], []
     with progress.task("Calibrating on holdout", total=len(holdout)) as t:
         for i in range(0, len(holdout), batch_size):
             chunk = holdout[i : i + batch_size]
-            scores = score_images(index, [load_image(r.path) for r in chunk], k=k)
+            images = [load_image(r.path) for r in chunk]
+            retrievals = retrieve(index, images, k=k)
+            scores = score_images(index, images, k=k, retrievals=retrievals)
             emb.extend(s.embedding_sim for s in scores)
             pix.extend(s.pixel_ncc for s in scores)
+            ves.extend(v[0] for v in vessel_scores(index, images, k=k, retrievals=retrievals))
             t.advance(len(chunk))
-    atomic_write_json(cache_path, {"embedding_sims": emb, "pixel_nccs": pix})
-    return Calibration(np.asarray(emb), np.asarray(pix), fp, k)
+    atomic_write_json(cache_path, {"embedding_sims": emb, "pixel_nccs": pix, "vessel_scores": ves})
+    return Calibration(np.asarray(emb), np.asarray(pix), np.asarray(ves), fp, k)

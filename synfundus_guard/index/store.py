@@ -5,6 +5,7 @@ An index folder is *private* (it names training files) and holds:
 * ``index.faiss`` — FAISS inner-product index of the projected embeddings (exact ``flat`` by default,
   ``hnsw`` for very large training sets);
 * ``sketches.npy`` — stage-2 pixel sketches, float16, memory-mapped at search time;
+* ``vessels.npy`` — vessel templates for the biometric check, float16, memory-mapped;
 * ``embedder.npz`` — the fitted projection of the embedder;
 * ``records.json`` — file name, image id, patient id and content hash of every indexed image;
 * ``meta.json`` — fingerprints: embedder, features, dataset; a loader refuses an index built with another
@@ -25,7 +26,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from ..audit.pixel_match import SKETCH_SIDE, SKETCH_VERSION, make_sketch
+from ..audit.pixel_match import SKETCH_SIDE, SKETCH_VERSION, VESSEL_VERSION, make_sketch
 from ..data.folder import ImageRecord, scan_folder
 from ..data.images import load_image
 from ..embed.base import Embedder
@@ -34,7 +35,7 @@ from ..errors import IndexMismatchError, InputError
 from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
 from ..progress import NULL_PROGRESS, Progress
 
-INDEX_VERSION = "guard-index-v1"
+INDEX_VERSION = "guard-index-v2"
 _PCA_SAMPLE = 20_000
 """At most this many training images fit the embedder's projection (a random sample beyond that)."""
 
@@ -66,38 +67,33 @@ def compute_features(
     batch_size: int,
     progress: Progress,
     what: str,
-    features_out: np.ndarray | None = None,
-    sketches_out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Raw features ``(n, F)`` and sketches ``(n, S, S)`` of records, from the cache where possible.
+    out: dict[str, np.ndarray],
+) -> None:
+    """Raw features, band sketches and vessel templates of records, from the cache where possible.
 
-    Results are written batch by batch into ``features_out`` / ``sketches_out`` when given (e.g. memory maps on
-    disk), so memory stays bounded by one batch; otherwise arrays are allocated.
+    Results are written batch by batch into ``out["features"]``, ``out["sketches"]`` and ``out["vessels"]``
+    (memory maps on disk), so memory stays bounded by one batch.
     """
-    ffp, sfp = embedder.feature_fingerprint(), SKETCH_VERSION
+    kinds = {
+        "features": (embedder.feature_fingerprint(), lambda imgs: list(embedder.features(imgs))),
+        "sketches": (SKETCH_VERSION, lambda imgs: [make_sketch(im) for im in imgs]),
+        "vessels": (VESSEL_VERSION, lambda imgs: [make_sketch(im, "vessel") for im in imgs]),
+    }
     n = len(records)
     with progress.task(f"Embedding {what}", total=n) as t:
         for i in range(0, n, batch_size):
             recs, hs = records[i : i + batch_size], list(shas[i : i + batch_size])
-            got_f, got_s = cache.get_many(ffp, hs), cache.get_many(sfp, hs)
-            todo = [j for j, h in enumerate(hs) if h not in got_f or h not in got_s]
+            got = {name: cache.get_many(fp, hs) for name, (fp, _) in kinds.items()}
+            todo = [j for j, h in enumerate(hs) if any(h not in g for g in got.values())]
             if todo:
                 imgs = [load_image(recs[j].path) for j in todo]
-                new_f = embedder.features(imgs)
-                new_s = [make_sketch(im) for im in imgs]
-                got_f.update({hs[j]: new_f[m] for m, j in enumerate(todo)})
-                got_s.update({hs[j]: new_s[m] for m, j in enumerate(todo)})
-                cache.put_many(ffp, {hs[j]: new_f[m] for m, j in enumerate(todo)})
-                cache.put_many(sfp, {hs[j]: new_s[m] for m, j in enumerate(todo)})
-            f = np.stack([got_f[h] for h in hs]).astype(np.float32)
-            sk = np.stack([got_s[h] for h in hs]).astype(np.float16)
-            if features_out is None:
-                features_out = np.empty((n, f.shape[1]), np.float32)
-                sketches_out = np.empty((n, SKETCH_SIDE, SKETCH_SIDE), np.float16) if sketches_out is None else sketches_out
-            features_out[i : i + len(hs)] = f
-            sketches_out[i : i + len(hs)] = sk
+                for name, (fp, fn) in kinds.items():
+                    new = {hs[j]: v for j, v in zip(todo, fn(imgs))}
+                    got[name].update(new)
+                    cache.put_many(fp, new)
+            for name in kinds:
+                out[name][i : i + len(hs)] = np.stack([got[name][h] for h in hs])
             t.advance(len(recs))
-    return features_out, sketches_out
 
 
 @dataclass
@@ -108,6 +104,7 @@ class GuardIndex:
     embedder: Embedder
     faiss_index: faiss.Index
     sketches: np.ndarray
+    vessels: np.ndarray
     records: list[dict]
     meta: dict
 
@@ -185,13 +182,17 @@ def build_index(
 def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence[str], *, embedder: Embedder,
                        cache: ArrayCache, kind: str, batch_size: int, seed: int, progress: Progress) -> None:
     n = len(records)
-    # Features and sketches stream into memory maps on disk: memory stays bounded by one batch.
+    # Features, sketches and vessel templates stream into memory maps on disk: memory stays bounded by a batch.
     n_feat = embedder.features([load_image(records[0].path)]).shape[1]
-    feats = np.lib.format.open_memmap(tmp / "features.tmp.npy", mode="w+", dtype=np.float32, shape=(n, n_feat))
-    sketches = np.lib.format.open_memmap(tmp / "sketches.npy", mode="w+", dtype=np.float16,
-                                         shape=(n, SKETCH_SIDE, SKETCH_SIDE))
+    side = (n, SKETCH_SIDE, SKETCH_SIDE)
+    out = {
+        "features": np.lib.format.open_memmap(tmp / "features.tmp.npy", mode="w+", dtype=np.float32, shape=(n, n_feat)),
+        "sketches": np.lib.format.open_memmap(tmp / "sketches.npy", mode="w+", dtype=np.float16, shape=side),
+        "vessels": np.lib.format.open_memmap(tmp / "vessels.npy", mode="w+", dtype=np.float16, shape=side),
+    }
     compute_features(records, shas, embedder=embedder, cache=cache, batch_size=batch_size, progress=progress,
-                     what="training set", features_out=feats, sketches_out=sketches)
+                     what="training set", out=out)
+    feats = out["features"]
     rng = np.random.default_rng(seed)
     pick = np.arange(n) if n <= _PCA_SAMPLE else np.sort(rng.choice(n, _PCA_SAMPLE, replace=False))
     embedder.fit(np.asarray(feats[pick]))
@@ -201,8 +202,9 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
         if index is None:
             index = _make_faiss(emb.shape[1], kind)
         index.add(emb)
-    sketches.flush()
-    del feats, sketches
+    for arr in out.values():
+        arr.flush()
+    del feats, out
     (tmp / "features.tmp.npy").unlink()
     faiss.write_index(index, str(tmp / "index.faiss"))
     np.savez(tmp / "embedder.npz", **embedder.state())
@@ -220,6 +222,7 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
         "feature_fingerprint": embedder.feature_fingerprint(),
         "embedder_fingerprint": embedder.fingerprint(),
         "sketch_version": SKETCH_VERSION,
+        "vessel_version": VESSEL_VERSION,
         "dataset_fingerprint": dataset_fingerprint(shas),
     }
     atomic_write_json(tmp / "meta.json", meta)
@@ -246,17 +249,20 @@ def load_index(path: Path, embedder: Embedder) -> GuardIndex:
             f"index {path} was built with embedder {meta.get('feature_fingerprint')!r}, "
             f"not {embedder.feature_fingerprint()!r}; rebuild it or use the same --embedder"
         )
-    if meta.get("sketch_version") != SKETCH_VERSION:
+    if meta.get("sketch_version") != SKETCH_VERSION or meta.get("vessel_version") != VESSEL_VERSION:
         raise IndexMismatchError(f"index {path} has sketches {meta.get('sketch_version')!r}, expected {SKETCH_VERSION}")
     try:
         with np.load(path / "embedder.npz", allow_pickle=False) as z:
             embedder.load_state({k: z[k] for k in z.files})
         index = faiss.read_index(str(path / "index.faiss"))
         sketches = np.load(path / "sketches.npy", mmap_mode="r", allow_pickle=False)
+        vessels = np.load(path / "vessels.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InputError(f"corrupt index folder {path}: {str(exc).splitlines()[0]}") from None
     if embedder.fingerprint() != meta.get("embedder_fingerprint"):
         raise IndexMismatchError(f"index {path}: embedder projection does not match its fingerprint")
-    if index.ntotal != len(records) or sketches.shape != (len(records), SKETCH_SIDE, SKETCH_SIDE):
+    if index.ntotal != len(records) or sketches.shape != (len(records), SKETCH_SIDE, SKETCH_SIDE) \
+            or vessels.shape != sketches.shape:
         raise InputError(f"corrupt index folder {path}: sizes of index, sketches and records disagree")
-    return GuardIndex(path=path, embedder=embedder, faiss_index=index, sketches=sketches, records=records, meta=meta)
+    return GuardIndex(path=path, embedder=embedder, faiss_index=index, sketches=sketches, vessels=vessels,
+                      records=records, meta=meta)
