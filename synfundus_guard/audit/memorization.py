@@ -43,49 +43,57 @@ class MemoScore:
     candidates: tuple[int, ...] = ()
 
 
+VIEWS_PER_CANDIDATE = 3
+"""Views kept per candidate: at low resolution the best-matching view can be a wrong orientation."""
+
+
 @dataclass(frozen=True)
 class Retrieval:
-    """Stage 1 for one image: training candidates (index, best view), closest first."""
+    """Stage 1 for one image: training candidates, closest first, each with its best views (best first)."""
 
     embedding_sim: float
-    candidates: tuple[tuple[int, int], ...]
+    candidates: tuple[tuple[int, tuple[int, ...]], ...]
 
 
 def retrieve(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[Retrieval]:
-    """Embed every view of every image and keep the ``k`` closest training images, each with its best view."""
+    """Embed every view of every image and keep the ``k`` closest training images with their best views."""
     emb = index.embed(images, views=True)  # (n, V, D)
     n, v, d = emb.shape
     sims, idx = index.search(emb.reshape(n * v, d), k)
     sims, idx = sims.reshape(n, v, -1), idx.reshape(n, v, -1)
     out = []
     for i in range(n):
-        best_view: dict[int, tuple[float, int]] = {}
+        views: dict[int, list[tuple[float, int]]] = {}
         for view in range(v):
             for s, j in zip(sims[i, view], idx[i, view]):
-                if j >= 0 and (j not in best_view or s > best_view[j][0]):
-                    best_view[int(j)] = (float(s), view)
-        cands = sorted(best_view, key=lambda j: -best_view[j][0])[:k]
-        out.append(Retrieval(best_view[cands[0]][0] if cands else -1.0,
-                             tuple((j, best_view[j][1]) for j in cands)))
+                if j >= 0:
+                    views.setdefault(int(j), []).append((float(s), view))
+        best = {j: sorted(vs, reverse=True)[:VIEWS_PER_CANDIDATE] for j, vs in views.items()}
+        cands = sorted(best, key=lambda j: -best[j][0][0])[:k]
+        out.append(Retrieval(best[cands[0]][0][0] if cands else -1.0,
+                             tuple((j, tuple(view for _, view in best[j])) for j in cands)))
     return out
 
 
-def align_best(index: GuardIndex, query: QuerySketch, retrieval: Retrieval, templates: np.ndarray
-               ) -> tuple[float, int, dict[str, float]]:
+def align_best(index: GuardIndex, query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
+               refine: int | None = None) -> tuple[float, int, dict[str, float]]:
     """Best aligned correlation of ``query`` with the retrieved candidates' ``templates``.
 
-    A coarse pass scores every candidate at the view that matched it (translation only); the full rotation
-    and scale grid then refines the :data:`REFINE` most promising candidate-views.
+    A coarse pass scores every candidate at the views that matched it (translation only); the full rotation
+    and scale grid then refines the ``refine`` (default :data:`REFINE`) most promising candidate-views.
     """
+    refine = REFINE if refine is None else refine
     coarse = []
-    for j, view in retrieval.candidates:
-        orientation, angle = index.embedder.view_params(view)
-        for a in COARSE_ANGLES if angle is None else (angle,):
-            score, t = query.score(np.asarray(templates[j]), orientation=orientation, angle=a, grid=COARSE)
-            coarse.append((score, j, orientation, a, t))
+    for j, views in retrieval.candidates:
+        template = np.asarray(templates[j])
+        for view in views:
+            orientation, angle = index.embedder.view_params(view)
+            for a in COARSE_ANGLES if angle is None else (angle,):
+                score, t = query.score(template, orientation=orientation, angle=a, grid=COARSE)
+                coarse.append((score, j, orientation, a, t))
     coarse.sort(key=lambda c: -c[0])
     best_score, best_j, _, _, best_t = coarse[0] if coarse else (-1.0, -1, 0, 0.0, {})
-    for _, j, orientation, a, _ in coarse[:REFINE]:
+    for _, j, orientation, a, _ in coarse[:refine]:
         score, t = query.score(np.asarray(templates[j]), orientation=orientation, angle=a)
         if score > best_score:
             best_score, best_j, best_t = score, j, t

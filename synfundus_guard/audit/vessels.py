@@ -27,7 +27,9 @@ def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int,
                   retrievals: Sequence[Retrieval] | None = None) -> list[tuple[float, int, dict[str, float]]]:
     """(best vessel-map correlation, training index, transform) per image against its FAISS candidates."""
     retrievals = retrievals if retrievals is not None else retrieve(index, images, k=k)
-    return [align_best(index, QuerySketch(img, kind="vessel"), r, index.vessels) for img, r in zip(images, retrievals)]
+    # Another visit differs in pose, so a translation-only first pass cannot rank candidates: refine them all.
+    return [align_best(index, QuerySketch(img, kind="vessel"), r, index.vessels, refine=2 * len(r.candidates))
+            for img, r in zip(images, retrievals)]
 
 
 class VesselCheck(Check):

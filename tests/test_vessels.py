@@ -1,0 +1,57 @@
+"""Vessel biometrics: another visit of a training patient is flagged; other patients are not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from synfundus_guard.audit.base import Candidate
+from synfundus_guard.audit.pixel_match import QuerySketch, make_sketch
+from synfundus_guard.audit.runner import build_checks, prepare_guard
+from synfundus_guard.audit.vessels import SCORE_KEY, VesselCheck
+from synfundus_guard.data.fov import resize_image
+from synfundus_guard.data.folder import write_image_folder
+from synfundus_guard.data.perturb import random_copy
+from synfundus_guard.data.phantom import PhantomPatient, render_visit
+from synfundus_guard.policies import load_policy
+from synfundus_guard.policies.shipped import shipped_policy_path
+
+SEED, SIZE = 5, 256
+
+
+@pytest.fixture(scope="module")
+def guard(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vessels")
+    train, holdout = [], []
+    for p in range(40):
+        img = render_visit(PhantomPatient.from_seed(SEED, p), visit=0, size=SIZE, seed=SEED)[0]
+        (train if p < 20 else holdout).append((f"p{p}.png", img, f"I{p}", f"P{p}"))
+    write_image_folder(root / "train", train)
+    write_image_folder(root / "holdout", holdout)
+    return prepare_guard(train_dir=root / "train", holdout_dir=root / "holdout", k=10, cache_dir=root / "cache")
+
+
+def test_another_visit_of_a_training_patient_is_flagged_and_new_patients_are_not(guard):
+    policy = load_policy(shipped_policy_path("public"))
+    check = next(c for c in build_checks(policy=policy, guard=guard) if isinstance(c, VesselCheck))
+    revisits = [render_visit(PhantomPatient.from_seed(SEED, p), visit=2, size=SIZE, seed=SEED)[0] for p in range(4)]
+    novel = [render_visit(PhantomPatient.from_seed(SEED + 9, p), visit=0, size=SIZE, seed=SEED + 9)[0] for p in range(4)]
+    findings = check.check_batch([Candidate(f"x{i}.png", im) for i, im in enumerate(revisits + novel)])
+    rev, new = findings[:4], findings[4:]
+    assert all(f.flagged and "vessel pattern" in f.reasons[0] for f in rev)
+    assert min(f.scores[SCORE_KEY] for f in rev) > max(f.scores[SCORE_KEY] for f in new)
+    assert [f.private["matched_patient_id"] for f in rev] == ["P0", "P1", "P2", "P3"]
+    assert not any(f.flagged for f in new)
+
+
+def test_real_photo_matches_its_transformed_copy_not_a_phantom():
+    retina = resize_image(skdata.retina().astype(np.float32) / 255.0, 256, 256)
+    template = make_sketch(retina, "vessel")
+    copy, params = random_copy(retina, np.random.default_rng(2), family="combined")
+    o = 4 if params.get("flip") else 0
+    own = max(QuerySketch(copy, kind="vessel").score(template, orientation=o, angle=a)[0] for a in (-6, 0, 6))
+    phantom = render_visit(PhantomPatient.from_seed(1, 1), visit=0, size=256, seed=1)[0]
+    other = max(QuerySketch(phantom, kind="vessel").score(template, orientation=oo, angle=a)[0]
+                for oo in (0, 4) for a in (-6, 0, 6))
+    assert own > 0.6 > other
