@@ -229,6 +229,7 @@ def audit_release(
     policy: Policy,
     train_dir: Path | None = None,
     holdout_dir: Path | None = None,
+    model_dir: Path | None = None,
     embedder: str = DEFAULT_SPEC,
     index_dir: Path | None = None,
     cache_dir: Path | None = None,
@@ -247,6 +248,12 @@ def audit_release(
         guard = prepare_guard(train_dir=train_dir, holdout_dir=holdout_dir, k=policy.memorization.k,
                               embedder=embedder, index_dir=index_dir, cache_dir=cache_dir,
                               batch_size=batch_size, progress=progress)
+    from .membership import release_level_checks  # membership inference + model DP facts
+
+    release_checks = release_level_checks(
+        policy=policy, release_dir=release_dir, train_dir=train_dir, holdout_dir=holdout_dir, model_dir=model_dir,
+        embedder=guard.index.embedder if guard else embedder, cache_dir=cache_dir or default_cache_dir(),
+        progress=progress)
     checks = build_checks(policy=policy, guard=guard, progress=progress)
     results, private = check_images(checks, release_dir, policy, batch_size=batch_size, progress=progress)
     report = Report(
@@ -259,6 +266,7 @@ def audit_release(
         calibration=guard.calibration.summary() if guard else {},
         release={"name": release_dir.resolve().name, "n_images": len(results)},
     )
+    report.release_checks.update(release_checks)
     verdict = evaluate_release(report, policy)
     report.verdict = verdict.verdict
     report.violations = list(verdict.violations)

@@ -19,6 +19,8 @@ def audit(
     out: Path = typer.Option(..., "--out", help="Report folder: report.json (public) and private/ (evidence)."),
     train: Optional[Path] = typer.Option(None, "--train", help="Private training images (with labels.csv)."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Holdout images of other patients."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder (private): white-box membership "
+                                         "attacks and its DP facts."),
     embedder: str = typer.Option("pixel", "--embedder", help="'pixel' (default, offline) or openclip:ARCH:CKPT."),
     index: Optional[Path] = typer.Option(None, "--index", help="Index folder to use or build (private)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature/index cache (private)."),
@@ -35,7 +37,7 @@ def audit(
     pol = load_policy(policy)
     with RichProgressObserver() as progress:
         result = audit_release(
-            release_dir=release, out_dir=out, policy=pol, train_dir=train, holdout_dir=holdout,
+            release_dir=release, out_dir=out, policy=pol, train_dir=train, holdout_dir=holdout, model_dir=model,
             embedder=embedder, index_dir=index, cache_dir=cache_dir, batch_size=batch_size,
             write_release_manifest=manifest, progress=progress,
         )

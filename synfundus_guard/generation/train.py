@@ -1,0 +1,297 @@
+"""Training a small diffusion model on an image folder (optionally class-conditional, optionally with DP).
+
+The patient-disjoint holdout split is made *before* training and recorded in the training card, so audits can
+calibrate on other patients and run membership tests against images the model never saw. All randomness of a
+run (initial weights, batches, noise, timesteps, DP noise and Poisson sampling) comes from one generator
+seeded by ``seed``; a checkpoint stores it with the weights and optimizer state, so a run killed at any point
+and re-run with the same arguments resumes and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..data.folder import ImageRecord, scan_folder
+from ..errors import InputError
+from ..fsutil import atomic_write_bytes, sha256_bytes
+from ..progress import NULL_PROGRESS, Progress
+from .card import CARD_FILE, DataSplit, DPRecord, TrainingCard, data_fingerprint, read_card, write_card
+from .conditioning import Conditioning
+from .data import load_images, split_records, to_unit_range
+from .dp import DPConfig, DPTraining, draw_batch, make_private, quiet_opacus
+from .model import build_unet, count_parameters, save_model, training_scheduler
+
+CHECKPOINT = Path("checkpoint") / "last.pt"
+OBJECTIVE_KEYS = ("num_train_timesteps", "beta_schedule", "prediction_type")
+"""Scheduler settings that define the training objective; a checkpoint of another objective is not resumed."""
+EMA_DECAY = 0.999
+"""Decay of the exponential moving average of the weights that is saved (warmed up over the first steps)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train_model`."""
+
+    model_dir: Path
+    card: TrainingCard
+    steps_run: int
+    """Steps performed by this call (0 when the folder already held the finished model)."""
+    resumed_from: int
+    """Step the run resumed from (0 for a fresh run)."""
+    seconds: float
+    """Wall time of the training loop in this call."""
+    final_loss: float | None
+    """Running mean of the denoising loss at the end (None when no step ran)."""
+    parameters: int
+
+    @property
+    def steps_per_second(self) -> float:
+        """Training speed of this call."""
+        return self.steps_run / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def epsilon(self) -> float | None:
+        """ε spent (DP runs only)."""
+        return self.card.dp.epsilon if self.card.dp else None
+
+
+def _validate(*, steps: int, resolution: int, batch_size: int, lr: float, holdout_fraction: float,
+              channels: Sequence[int], checkpoint_every: int) -> None:
+    problems = []
+    if steps < 1:
+        problems.append(f"steps must be >= 1, got {steps}")
+    if batch_size < 1:
+        problems.append(f"batch size must be >= 1, got {batch_size}")
+    if not lr > 0:
+        problems.append(f"learning rate must be > 0, got {lr}")
+    if not 0 < holdout_fraction < 1:
+        problems.append(f"holdout fraction must be in (0, 1), got {holdout_fraction}")
+    if checkpoint_every < 1:
+        problems.append(f"checkpoint interval must be >= 1, got {checkpoint_every}")
+    if not channels or any(c < 8 or c % 8 for c in channels):
+        problems.append(f"channels must be multiples of 8, got {tuple(channels)}")
+    factor = 2 ** (len(channels) - 1)
+    if resolution < 8 or resolution > 512 or resolution % factor:
+        problems.append(f"resolution must be in [8, 512] and divisible by {factor}, got {resolution}")
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def _prepare_out_dir(out_dir: Path, run_key: str) -> TrainingCard | None:
+    """Returns the finished card when ``out_dir`` already holds this run's model; refuses foreign content."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} exists and is not a folder")
+    card = read_card(out_dir) if out_dir.is_dir() else None
+    if card is not None:
+        if card.run_key == run_key:
+            return card
+        raise InputError(f"{out_dir} already holds a model trained with other arguments or data; "
+                         "choose another --out")
+    ckpt = out_dir / CHECKPOINT
+    if out_dir.is_dir() and not ckpt.is_file() and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir} is not empty and holds no training run; choose an empty or new --out")
+    return None
+
+
+def _load_checkpoint(path: Path, run_key: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is an input problem
+        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it to start over") from None
+    if state.get("run_key") != run_key:
+        raise InputError(f"{path.parent.parent} holds a checkpoint of a run with other arguments or data; "
+                         "choose another --out")
+    return state
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a run trains on, decided before any weight exists: the split, the labels and the run's identity."""
+
+    train: list[ImageRecord]
+    holdout: list[ImageRecord]
+    cond: Conditioning | None
+    fingerprint: str
+    run_key: str
+
+
+def _plan(train_dir: Path, *, holdout_fraction: float, seed: int, condition_on: Sequence[str],
+          settings: dict[str, Any]) -> _Plan:
+    records = scan_folder(train_dir)
+    train, holdout = split_records(records, holdout_fraction=holdout_fraction, seed=seed)
+    cond = Conditioning.from_labels(condition_on, [r.labels for r in train]) if condition_on else None
+    fingerprint = data_fingerprint([(r.file_name, r.path) for r in train])
+    identity = dict(settings, condition_on=list(cond.columns) if cond else [], data=fingerprint,
+                    holdout=[r.file_name for r in holdout], ema=EMA_DECAY,
+                    objective={k: training_scheduler().config[k] for k in OBJECTIVE_KEYS})
+    run_key = sha256_bytes(json.dumps(identity, sort_keys=True).encode("utf-8"))
+    return _Plan(train=train, holdout=holdout, cond=cond, fingerprint=fingerprint, run_key=run_key)
+
+
+def _card(plan: _Plan, train_dir: Path, *, steps: int, resolution: int, batch_size: int, lr: float, seed: int,
+          channels: Sequence[int], holdout_fraction: float, dp: DPRecord | None) -> TrainingCard:
+    return TrainingCard(
+        resolution=resolution, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        block_out_channels=tuple(channels),
+        data=DataSplit(train_dir=str(train_dir.resolve()), fingerprint=plan.fingerprint,
+                       train_files=tuple(r.file_name for r in plan.train),
+                       holdout_files=tuple(r.file_name for r in plan.holdout),
+                       train_patients=len({r.patient_id for r in plan.train}),
+                       holdout_patients=len({r.patient_id for r in plan.holdout}),
+                       holdout_fraction=holdout_fraction, split_seed=seed),
+        conditioning=plan.cond.to_dict() if plan.cond else None, dp=dp, run_key=plan.run_key,
+    )
+
+
+def train_model(*, train_dir: Path, out_dir: Path, steps: int = 4000, resolution: int = 32, batch_size: int = 16,
+                lr: float = 5e-4, seed: int = 0, condition_on: Sequence[str] = (), dp: DPConfig | None = None,
+                holdout_fraction: float = 0.2, channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1,
+                checkpoint_every: int = 200, progress: Progress = NULL_PROGRESS) -> TrainResult:
+    """Train a DDPM on the images of ``train_dir`` and save it to ``out_dir`` as a diffusers folder + card.
+
+    ``holdout_fraction`` of the *patients* are held out before training (never trained on) and listed in the
+    card. Re-running with the same arguments resumes from the last checkpoint, or returns at once when the
+    model is finished. Raises :class:`InputError` for unusable arguments, data or output folders.
+    """
+    _validate(steps=steps, resolution=resolution, batch_size=batch_size, lr=lr, holdout_fraction=holdout_fraction,
+              channels=channels, checkpoint_every=checkpoint_every)
+    if dp is not None:
+        dp.validate()
+    train_dir, out_dir = Path(train_dir), Path(out_dir)
+    settings = dict(steps=steps, resolution=resolution, batch_size=batch_size, lr=lr, seed=seed,
+                    dp=asdict(dp) if dp else None, holdout_fraction=holdout_fraction, channels=list(channels),
+                    layers_per_block=layers_per_block)
+    plan = _plan(train_dir, holdout_fraction=holdout_fraction, seed=seed, condition_on=condition_on,
+                 settings=settings)
+    done = _prepare_out_dir(out_dir, plan.run_key)
+    if done is not None:
+        return TrainResult(model_dir=out_dir, card=done, steps_run=0, resumed_from=done.steps, seconds=0.0,
+                           final_loss=None, parameters=0)
+
+    images = load_images(plan.train, resolution, progress=progress)
+    cond = plan.cond
+    classes = torch.tensor([cond.class_index(r.labels) for r in plan.train]) if cond else None
+    trainer = _Trainer(images=images, classes=classes, num_classes=cond.num_classes if cond else None,
+                       resolution=resolution, channels=channels, layers_per_block=layers_per_block,
+                       batch_size=batch_size, lr=lr, seed=seed, steps=steps, dp=dp)
+    ckpt_path = out_dir / CHECKPOINT
+    state = _load_checkpoint(ckpt_path, plan.run_key)
+    start = trainer.load_state_dict(state) if state is not None else 0
+    t0 = time.perf_counter()
+    with progress.task("Training" + (" (DP)" if dp else ""), total=steps) as task, quiet_opacus():
+        task.advance(start)
+        for step in range(start, steps):
+            trainer.step(step)
+            task.advance()
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+                _save_checkpoint(ckpt_path, {"run_key": plan.run_key, "step": step + 1, **trainer.state_dict()})
+    seconds = time.perf_counter() - t0
+
+    card = _card(plan, train_dir, steps=steps, resolution=resolution, batch_size=batch_size, lr=lr, seed=seed,
+                 channels=channels, holdout_fraction=holdout_fraction,
+                 dp=trainer.private.record(steps) if trainer.private else None)
+    save_model(trainer.ema_unet(), trainer.scheduler, out_dir, conditional=cond is not None)
+    write_card(out_dir, card)  # written last: a folder with a card is a finished model
+    shutil.rmtree(out_dir / CHECKPOINT.parent, ignore_errors=True)
+    return TrainResult(model_dir=out_dir, card=card, steps_run=steps - start, resumed_from=start, seconds=seconds,
+                       final_loss=trainer.running_loss, parameters=count_parameters(trainer.unet))
+
+
+class _Trainer:
+    """Model, EMA weights, optimizer (plain or Opacus DP-SGD) and the run's generator; one step at a time."""
+
+    def __init__(self, *, images: torch.Tensor, classes: torch.Tensor | None, num_classes: int | None,
+                 resolution: int, channels: Sequence[int], layers_per_block: int, batch_size: int, lr: float,
+                 seed: int, steps: int, dp: DPConfig | None):
+        self.images, self.classes, self.batch_size = images, classes, batch_size
+        self.g = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.unet = build_unet(resolution=resolution, block_out_channels=channels, num_classes=num_classes,
+                                   layers_per_block=layers_per_block)
+        self.ema = {k: v.detach().clone() for k, v in self.unet.state_dict().items()}
+        self.scheduler = training_scheduler()
+        self.v_prediction = self.scheduler.config.prediction_type == "v_prediction"
+        self.base_optimizer = torch.optim.AdamW(self.unet.parameters(), lr=lr, weight_decay=0.0)
+        self.private: DPTraining | None = None
+        self.model, self.optimizer = self.unet, self.base_optimizer
+        if dp is not None:
+            self.private = make_private(module=self.unet, optimizer=self.base_optimizer, dataset_size=len(images),
+                                        batch_size=batch_size, steps=steps, config=dp, generator=self.g)
+            self.model, self.optimizer = self.private.module, self.private.optimizer
+        self.running_loss: float | None = None
+        self.unet.train()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit for bit."""
+        return {"unet": self.unet.state_dict(), "ema": self.ema, "optimizer": self.base_optimizer.state_dict(),
+                "generator": self.g.get_state(), "loss": self.running_loss,
+                "accountant": self.private.engine.accountant.state_dict() if self.private else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore a checkpoint; returns the step to continue from."""
+        self.unet.load_state_dict(state["unet"])
+        self.ema = state["ema"]
+        self.base_optimizer.load_state_dict(state["optimizer"])
+        self.g.set_state(state["generator"])
+        self.running_loss = state["loss"]
+        if self.private is not None:
+            self.private.engine.accountant.load_state_dict(state["accountant"])
+        return int(state["step"])
+
+    def ema_unet(self) -> torch.nn.Module:
+        """The UNet carrying the EMA weights (what is saved)."""
+        self.unet.load_state_dict(self.ema)
+        return self.unet
+
+    def _indices(self) -> torch.Tensor:
+        if self.private is not None:
+            return torch.tensor(draw_batch(self.private.sampler), dtype=torch.long)
+        n = len(self.images)
+        return torch.randperm(n, generator=self.g)[: min(self.batch_size, n)]
+
+    def step(self, step: int) -> None:
+        """One denoising-score-matching step, then the EMA update."""
+        idx = self._indices()
+        empty = len(idx) == 0
+        if empty:
+            # An empty Poisson batch still takes a DP step (zero gradient + noise). The UNet cannot run on zero
+            # images, so run one dummy image whose loss is multiplied by 0: its clipped gradient is exactly 0.
+            idx = torch.zeros(1, dtype=torch.long)
+        x0 = to_unit_range(self.images[idx])
+        noise = torch.randn(x0.shape, generator=self.g)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(idx),), generator=self.g)
+        labels = self.classes[idx] if self.classes is not None else None
+        pred = self.model(self.scheduler.add_noise(x0, noise, t), t, class_labels=labels).sample
+        target = self.scheduler.get_velocity(x0, noise, t) if self.v_prediction else noise
+        loss = F.mse_loss(pred, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * 0.0 if empty else loss).backward()
+        self.optimizer.step()
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in self.unet.state_dict().items():
+                self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        if not empty:
+            value = float(loss.detach())
+            self.running_loss = value if self.running_loss is None else 0.98 * self.running_loss + 0.02 * value
+
+
+__all__ = ["TrainResult", "train_model", "CARD_FILE"]
