@@ -287,12 +287,12 @@ def test_note_when_the_audit_ran_under_another_policy():
     assert not any("audit ran under" in n for n in same.notes)
 
 
-def test_check_not_run_is_a_note_and_partly_run_is_a_violation():
+def test_check_not_run_or_partly_run_is_a_violation():
     no_text = [image_result(f"{i}.png", [f for f in findings() if f.check != "text"], PUBLIC) for i in range(2)]
     verdict = evaluate_release(report_of(no_text), PUBLIC)
-    assert verdict.verdict == "pass"
-    assert "the policy enables the text check but the audit did not run it" in verdict.notes
-    assert check(verdict, "text").status is Status.SKIPPED and check(verdict, "text").group == "checks"
+    assert verdict.verdict == "fail"  # fail closed: a required check nobody ran cannot vouch for the release
+    assert "the policy enables the text check but the audit did not run it" in verdict.violations
+    assert check(verdict, "text").status is Status.FAIL and check(verdict, "text").group == "checks"
     partial = evaluate_release(report_of(no_text + clean(2)), PUBLIC)
     assert partial.violations == ("the text check did not run on 2 of 4 images",)
 

@@ -163,13 +163,14 @@ def test_junit_cases_counts_and_escaping():
     assert "note: membership inference was not run" in suite.find("system-out").text
 
 
-def test_junit_lists_checks_not_run_as_skipped(tmp_path):
+def test_junit_lists_required_checks_not_run_as_failures(tmp_path):
     images = [image_result("a.png", [Finding("memorization", False)], PUBLIC)]
     report, verdict = gate_report(audited(images), PUBLIC)
+    assert verdict.verdict == "fail"
     path = write_junit(tmp_path / "j.xml", report, verdict)
     cases = ET.parse(path).getroot().iter("testcase")
-    skipped = {c.get("name") for c in cases if c.get("classname") == "checks" and c.find("skipped") is not None}
-    assert skipped == {"vessels", "text", "faces", "metadata"}
+    failed = {c.get("name") for c in cases if c.get("classname") == "checks" and c.find("failure") is not None}
+    assert failed == {"vessels", "text", "faces", "metadata"}
 
 
 # --- SARIF ----------------------------------------------------------------------------------------------------

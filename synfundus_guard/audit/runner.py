@@ -27,6 +27,9 @@ from ..progress import NULL_PROGRESS, Progress
 from ..release.report import ImageResult, Report, write_report
 from .base import Candidate, Check, run_checks
 from .memorization import MemorizationCheck
+from .identity.faces import FaceCheck
+from .identity.metadata import MetadataCheck
+from .identity.text import TextCheck
 from .vessels import VesselCheck
 
 
@@ -167,6 +170,13 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
         cal = guard.calibration
         checks.append(VesselCheck(index=guard.index, k=mp.k, threshold=cal.threshold(cal.vessel_scores, vp.quantile),
                                   calibration_info={"quantile": vp.quantile, "n_holdout": int(len(cal.vessel_scores))}))
+    # Filters that need no training data. Text: any burned-in text flags (structural detector, no OCR engine
+    # needed); identifier matching by OCR is available as TextCheck(blocklist=...) where tesseract exists.
+    for name, make in (("text", TextCheck), ("faces", FaceCheck), ("metadata", MetadataCheck)):
+        if getattr(policy.identity, name).enabled:
+            checks.append(make())
+        else:
+            progress.log(f"warning: the policy disables the {name} check")
     return checks
 
 

@@ -215,17 +215,16 @@ def _failed_fraction(report: Report, policy: Policy) -> tuple[ReleaseCheck, int,
 
 
 def _coverage(report: Report, policy: Policy, notes: list[str]) -> list[ReleaseCheck]:
-    """A check the policy enables but the audit never ran is a note; one run on only some images fails."""
+    """A check the policy enables fails the release when the audit did not run it on every image."""
     out: list[ReleaseCheck] = []
     n = len(report.images)
     for name in IMAGE_CHECKS:
         if action_for(policy, name) is None or n == 0:
             continue
         missing = sum(1 for img in report.images if name not in img.checks)
-        if missing == n:
+        if missing == n:  # fail closed: a check the policy requires but nobody ran cannot vouch for the release
             text = f"the policy enables the {name} check but the audit did not run it"
-            notes.append(text)
-            out.append(ReleaseCheck(name, Status.SKIPPED, text, group="checks"))
+            out.append(ReleaseCheck(name, Status.FAIL, text, group="checks"))
         elif missing:
             text = f"the {name} check did not run on {missing} of {n} images"
             out.append(ReleaseCheck(name, Status.FAIL, text, group="checks"))

@@ -1,0 +1,38 @@
+"""Identity-leak filters: retinal vessel biometrics, burned-in text, faces and file metadata.
+
+Each filter is a :class:`~synfundus_guard.audit.base.Check` whose ``name`` matches its section of the policy
+(``identity.vessels``, ``identity.text``, ``identity.faces``, ``identity.metadata``):
+
+* :class:`VesselCheck` -- the vessel pattern matches a candidate training eye (threshold from
+  :func:`calibrate_vessels` on holdout patients; templates from :func:`build_template`);
+* :class:`TextCheck` -- burned-in text; with a blocklist of training identifiers, OCR (tesseract) finds them;
+* :class:`FaceCheck` -- a frontal face (scikit-image's LBP cascade);
+* :class:`MetadataCheck` -- a released file carries metadata; :func:`strip_metadata` removes it.
+
+Public reasons and scores never name a training image or patient; such evidence goes to ``Finding.private``.
+"""
+
+from ._textdetect import TextOptions, TextRow, detect_text
+from .faces import FaceCheck, FaceOptions, detect_faces
+from .metadata import MetadataCheck, strip_metadata
+from .text import TextCheck
+from .vessels import (
+    VesselCheck,
+    VesselTemplate,
+    build_template,
+    calibrate_vessels,
+    holdout_scores,
+    match,
+    match_score,
+    stack_templates,
+    unstack_templates,
+)
+
+CHECK_NAMES = ("vessels", "text", "faces", "metadata")
+"""Names of the identity checks, as used in policies and reports."""
+
+__all__ = [
+    "CHECK_NAMES", "FaceCheck", "FaceOptions", "MetadataCheck", "TextCheck", "TextOptions", "TextRow",
+    "VesselCheck", "VesselTemplate", "build_template", "calibrate_vessels", "detect_faces", "detect_text",
+    "holdout_scores", "match", "match_score", "stack_templates", "strip_metadata", "unstack_templates",
+]

@@ -1,0 +1,194 @@
+"""Learning-free detector of burned-in text: thin, high-contrast strokes that form rows of similar glyphs.
+
+Camera overlays (names, ids, dates) are drawn as strokes 1-4 px wide in a colour that stands out from the
+photograph. Each colour channel is searched for light and for dark strokes separately (text that is light in
+one channel is often dark in another, and mixing the two merges letters with the gaps between them) with a
+morphological top-hat. The top-hat is cut at a few contrast levels (like MSER): low levels catch faint or thin
+text, high levels separate letters that anti-aliasing glues together. At each level, connected components that
+look like glyphs -- thin strokes relative to their height, not a filled blob, not a long bar -- are chained
+into rows: similar heights, overlapping vertically, side by side with letter-sized gaps.
+
+A row of at least ``min_glyphs`` glyphs is text. Fundus anatomy fails these tests in known ways: vessels are
+long curves (too big, or bars of uniform width), lesions and drusen are filled blobs, the optic disc and the
+field-of-view edge are larger than the top-hat and vanish in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.sparse.csgraph import connected_components
+
+from ...data.fov import resize_image
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """Parameters of the structural text detector (units: pixels of the analysed image, intensities in [0, 1])."""
+
+    footprint: int = 7
+    """Side of the top-hat square: strokes narrower than this are kept (text up to ~24 px has strokes <= 4)."""
+    levels: tuple[float, ...] = (0.15, 0.25, 0.4, 0.6)
+    """Contrast levels at which the top-hat is cut."""
+    noise_factor: float = 5.0
+    """Levels below this many noise standard deviations (estimated per image) are skipped."""
+    min_height: int = 4
+    max_height: int = 34
+    """Glyph heights searched: lower-case letters of 8 px text to capitals of 24 px text, with slack."""
+    min_glyphs: int = 3
+    """A row needs this many glyphs (a word blob counts as the number of strokes it crosses)."""
+    max_side: int = 1600
+    """Larger images are reduced by an integer factor first (their overlays are drawn larger)."""
+
+
+@dataclass(frozen=True)
+class TextRow:
+    """One detected row of glyphs."""
+
+    box: tuple[int, int, int, int]
+    """(x0, y0, x1, y1) in pixels of the input image."""
+    glyphs: int
+    polarity: str
+    """``"light"`` or ``"dark"`` text."""
+    channel: int
+    level: float
+
+
+def noise_sigma(channel: np.ndarray) -> float:
+    """Robust noise estimate (Immerkaer's Laplacian, median-based) over the lit part of a channel."""
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+    resp = np.abs(ndi.convolve(channel, kernel, mode="nearest"))
+    lit = channel > 0.03
+    if lit.sum() < 100:
+        return 0.0
+    return float(np.median(resp[lit]) / (0.6745 * 6.0))
+
+
+def _height_image(mask: np.ndarray) -> np.ndarray:
+    """Each pixel of ``mask`` holds the height of its connected component's bounding box (0 elsewhere)."""
+    lab, n = ndi.label(mask, structure=_EIGHT)
+    if n == 0:
+        return np.zeros(mask.shape, dtype=np.int32)
+    heights = np.array([0] + [s[0].stop - s[0].start for s in ndi.find_objects(lab)], dtype=np.int32)
+    return heights[lab]
+
+
+def _per_label_max(values: np.ndarray, comp: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=values.dtype)
+    np.maximum.at(out, comp, values)
+    return out
+
+
+def _stroke_crossings(pix: np.ndarray, comp: np.ndarray, box: np.ndarray, width: int) -> np.ndarray:
+    """Mean number of strokes each component crosses along its middle rows (1 for a bar or blob, more for a
+    word). ``pix`` are flat indices of the components' pixels in raster order, ``comp`` their component."""
+    ys = pix // width
+    first_in_run = np.ones(pix.size, dtype=bool)
+    first_in_run[1:] = (pix[1:] != pix[:-1] + 1) | (comp[1:] != comp[:-1])
+    h = box[:, 3] - box[:, 1]
+    cy, band = (box[:, 1] + box[:, 3]) / 2, np.maximum(h / 6, 0.5)
+    mid = first_in_run & (np.abs(ys + 0.5 - cy[comp]) <= band[comp])
+    crossings = np.bincount(comp[mid], minlength=len(box))
+    lo_row = np.maximum(np.ceil(cy - band - 0.5), box[:, 1])
+    hi_row = np.minimum(np.floor(cy + band - 0.5), box[:, 3] - 1)
+    return crossings / np.maximum(hi_row - lo_row + 1, 1)
+
+
+def _roundness(pix: np.ndarray, comp: np.ndarray, area: np.ndarray, width: int) -> np.ndarray:
+    """sqrt(minor / major) second moment of each component: ~0.1 for a straight stroke, ~1 for a ring."""
+    n = len(area)
+    ys, xs = (pix // width).astype(float), (pix % width).astype(float)
+    mx, my = np.bincount(comp, xs, n) / area, np.bincount(comp, ys, n) / area
+    cxx = np.bincount(comp, xs * xs, n) / area - mx**2 + 1 / 12
+    cyy = np.bincount(comp, ys * ys, n) / area - my**2 + 1 / 12
+    cxy = np.bincount(comp, xs * ys, n) / area - mx * my
+    root = np.sqrt(((cxx - cyy) / 2) ** 2 + cxy**2)
+    return np.sqrt(np.maximum((cxx + cyy) / 2 - root, 0) / ((cxx + cyy) / 2 + root))
+
+
+def _glyph_table(mask: np.ndarray, support: np.ndarray, opts: TextOptions) -> np.ndarray:
+    """Components of ``mask`` that look like glyphs: rows of (x0, y0, x1, y1, glyph count, letter-like).
+
+    A glyph is glyph-sized, drawn with strokes thin for its height, not a filled blob, and, when wide, a word
+    that crosses many strokes. ``support`` is :func:`_height_image` of the same top-hat cut at half the level:
+    a glyph keeps its height there, while a piece of vessel grows into the long structure it belongs to.
+    "Letter-like" glyphs are neither thin bars nor single straight strokes.
+    """
+    lab, n = ndi.label(mask, structure=_EIGHT)
+    if n == 0:
+        return np.zeros((0, 6))
+    box = np.array([(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndi.find_objects(lab)], dtype=float)
+    h, w = box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]
+    keep = (h >= opts.min_height) & (h <= opts.max_height) & (w <= 12 * h)
+    if not keep.any():
+        return np.zeros((0, 6))
+    lut = np.zeros(n + 1, dtype=np.int64)
+    lut[1:][keep] = np.arange(1, keep.sum() + 1)
+    compact = lut[lab]
+    b, hk, wk, m = box[keep], h[keep], w[keep], int(keep.sum())
+    pix = np.flatnonzero(compact)
+    comp = compact.ravel()[pix] - 1
+    area = np.bincount(comp, minlength=m)
+    dist = ndi.distance_transform_cdt(compact > 0, metric="chessboard")
+    stroke = np.maximum(2 * _per_label_max(dist.ravel()[pix], comp, m) - 1, 1)
+    strokes = _stroke_crossings(pix, comp, b, mask.shape[1])
+    thin = hk / stroke >= 2.2
+    not_blob = (area / (hk * wk) <= 0.85) | (wk <= 0.45 * hk)
+    word_ok = (wk <= 1.6 * hk) | (strokes >= np.maximum(2.5, wk / hk))
+    isolated = _per_label_max(support.ravel()[pix], comp, m) <= np.maximum(1.5 * hk, hk + 6)
+    ok = thin & not_blob & word_ok & isolated
+    glyphs = np.where(wk > 1.6 * hk, np.maximum(np.round(strokes / 1.5), 1), 1)
+    letter = ((_roundness(pix, comp, area, mask.shape[1]) >= 0.35) | (strokes >= 2.5)) & (wk >= 0.45 * hk)
+    return np.column_stack([b[ok], glyphs[ok], letter[ok]])
+
+
+def _rows(table: np.ndarray, min_glyphs: int) -> list[tuple[np.ndarray, int]]:
+    """Chain glyphs into rows; returns (member boxes, glyph count) for rows with enough glyphs."""
+    if len(table) == 0:
+        return []
+    x0, y0, x1, y1, g, letter = table.T
+    h = y1 - y0
+    overlap = np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None])
+    lo, hi = np.minimum(h[:, None], h[None]), np.maximum(h[:, None], h[None])
+    gap = np.maximum(x0[None] - x1[:, None], x0[:, None] - x1[None])
+    adj = (overlap >= 0.6 * lo) & (hi <= 2.2 * lo) & (gap <= hi) & (gap >= -0.3 * lo)
+    np.fill_diagonal(adj, False)
+    _, label = connected_components(adj, directed=False)
+    out = []
+    for k in np.unique(label):
+        idx = np.flatnonzero(label == k)
+        count = int(g[idx].sum())
+        # Real text has letters that are neither thin bars nor single straight strokes; a row of those only
+        # is vessels (parallel trunks at the optic disc, crossings).
+        if count >= min_glyphs and letter[idx].sum() >= 2:
+            out.append((table[idx, :4], count))
+    return out
+
+
+def detect_text(image: np.ndarray, options: TextOptions = TextOptions()) -> list[TextRow]:
+    """Rows of burned-in text in a float RGB image; empty when none is found."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    h, w = img.shape[:2]
+    factor = max(1, int(np.ceil(max(h, w) / options.max_side)))
+    if factor > 1:
+        img = resize_image(img, h // factor, w // factor)
+    rows: list[TextRow] = []
+    for c in range(img.shape[2]):
+        chan = np.ascontiguousarray(img[..., c])
+        sigma = noise_sigma(chan)
+        levels = [v for v in options.levels if v >= options.noise_factor * sigma] or [options.levels[-1]]
+        for polarity, tophat in (("light", ndi.white_tophat), ("dark", ndi.black_tophat)):
+            resp = tophat(chan, size=options.footprint)
+            floor = options.noise_factor * sigma
+            for level in levels:
+                support = _height_image(resp >= max(level / 2, floor))
+                for boxes, count in _rows(_glyph_table(resp >= level, support, options), options.min_glyphs):
+                    bx = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+                    rows.append(TextRow(tuple(int(v * factor) for v in bx), count, polarity, c, level))
+    return rows

@@ -1,0 +1,105 @@
+"""Burned-in text check: flags images that carry text overlays, and blocks those that spell an identifier.
+
+Fundus cameras, X-ray consoles, dermatoscopes and slide scanners burn patient names, ids and dates into the
+pixels, and generators learn to reproduce them. Any row of text the structural detector
+(:mod:`._textdetect`) finds flags the image ("burned-in text"): a release has no reason to carry text.
+When identifying strings from the training metadata are given (``blocklist``), the rows are also read by OCR
+(tesseract) and a fuzzy match is reported as "burned-in identifier" with ``text.identifier = 1``: the lead's
+policy treats that as a hard block whatever the filter's action. Without OCR the check still flags every
+text row; with a blocklist but no tesseract it fails closed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...errors import InputError, MissingDependencyError
+from ..base import Candidate, Check, Finding, failed_closed
+from ._ocr import MIN_IDENTIFIER, match_identifier, normalise, read_line, require_tesseract
+from ._textdetect import TextOptions, TextRow, detect_text
+
+NAME = "text"
+KEY_ROWS = "text.rows"
+"""Public score: number of distinct text rows found (0 = clean; lower is better)."""
+KEY_GLYPHS = "text.max_glyphs"
+"""Public score: glyphs in the longest row (0 = clean; lower is better)."""
+KEY_IDENTIFIER = "text.identifier"
+"""Public score, present when OCR ran: 1 when a row spells a blocklisted identifier, else 0."""
+
+
+def merge_rows(rows: Sequence[TextRow]) -> list[TextRow]:
+    """Merge the rows found in several channels and levels that overlap into one row each (largest first)."""
+    merged: list[TextRow] = []
+    for row in sorted(rows, key=lambda r: -r.glyphs):
+        x0, y0, x1, y1 = row.box
+        for k, m in enumerate(merged):
+            a0, b0, a1, b1 = m.box
+            iw, ih = min(x1, a1) - max(x0, a0), min(y1, b1) - max(y0, b0)
+            if iw > 0 and ih > 0 and iw * ih >= 0.3 * min((x1 - x0) * (y1 - y0), (a1 - a0) * (b1 - b0)):
+                box = (min(x0, a0), min(y0, b0), max(x1, a1), max(y1, b1))
+                merged[k] = TextRow(box, m.glyphs, m.polarity, m.channel, m.level)
+                break
+        else:
+            merged.append(row)
+    return merged
+
+
+def _crop(image: np.ndarray, row: TextRow) -> np.ndarray:
+    x0, y0, x1, y1 = row.box
+    pad = max(3, int(0.4 * (y1 - y0)))
+    h, w = image.shape[:2]
+    chan = image[..., row.channel] if image.ndim == 3 else image
+    return chan[max(0, y0 - pad):min(h, y1 + pad), max(0, x0 - pad):min(w, x1 + pad)]
+
+
+class TextCheck(Check):
+    """Flags images with burned-in text; with a blocklist, OCR looks for training identifiers in it.
+
+    ``ocr``: None (default) uses OCR exactly when a blocklist is given; True always reads detected rows (the
+    text goes to the private report); False never does, and then a blocklist is a usage error.
+    """
+
+    name = NAME
+
+    def __init__(self, *, blocklist: Sequence[str] = (), ocr: bool | None = None,
+                 options: TextOptions = TextOptions(), max_ocr_rows: int = 4):
+        self.blocklist = sorted({n for n in (normalise(s) for s in blocklist) if len(n) >= MIN_IDENTIFIER})
+        self.ocr = bool(self.blocklist) if ocr is None else bool(ocr)
+        if self.blocklist and not self.ocr:
+            raise InputError("text check: a blocklist of identifiers needs OCR (ocr=False was given)")
+        self.options = options
+        self.max_ocr_rows = max_ocr_rows
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "ocr": self.ocr, "blocklist_entries": len(self.blocklist),
+                "levels": list(self.options.levels), "min_glyphs": self.options.min_glyphs}
+
+    def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
+        binary = None
+        if self.ocr:
+            try:
+                binary = require_tesseract()
+            except MissingDependencyError as exc:
+                return [failed_closed(self.name, str(exc)) for _ in batch]
+        return [self._check_one(c.image, binary) for c in batch]
+
+    def _check_one(self, image: np.ndarray, binary: str | None) -> Finding:
+        rows = merge_rows(detect_text(image, self.options))
+        scores = {KEY_ROWS: float(len(rows)), KEY_GLYPHS: float(max((r.glyphs for r in rows), default=0))}
+        private: dict[str, Any] = {"rows": [{"box": list(r.box), "glyphs": r.glyphs, "polarity": r.polarity}
+                                            for r in rows]}
+        reasons = []
+        if rows:
+            reasons.append(f"burned-in text: {len(rows)} row(s), up to {int(scores[KEY_GLYPHS])} characters")
+        if binary is not None:
+            texts = [read_line(_crop(image, r), light=r.polarity == "light", binary=binary)
+                     for r in rows[: self.max_ocr_rows]]
+            hit = next((m for m in (match_identifier(t, self.blocklist) for t in texts) if m), None)
+            scores[KEY_IDENTIFIER] = float(hit is not None)
+            private["ocr"] = texts
+            if hit is not None:
+                private["matched_identifier"] = hit
+                reasons.insert(0, "burned-in identifier: text matches an identifier from the training metadata")
+        return Finding(check=self.name, flagged=bool(rows), reasons=tuple(reasons), scores=scores, private=private)

@@ -1,0 +1,47 @@
+"""Face check: LFW faces (held-out half) pasted into fundus photographs; clean photographs pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from synfundus_guard.audit.base import Candidate
+from synfundus_guard.audit.identity import FaceCheck, detect_faces
+from synfundus_guard.audit.identity.overlays import paste_face
+from synfundus_guard.data.fov import resize_image
+from synfundus_guard.data.phantom import PhantomPatient, render_visit
+
+
+@pytest.fixture(scope="module")
+def retina256() -> np.ndarray:
+    return resize_image(skdata.retina().astype(np.float32) / 255.0, 256, 256)
+
+
+def test_pasted_faces_are_flagged(retina256: np.ndarray) -> None:
+    faces = skdata.lfw_subset()[50:100]  # the half not used to tune min_votes
+    rng = np.random.default_rng(5)
+    picks = rng.choice(len(faces), size=6, replace=False)
+    batch = []
+    for k, i in enumerate(picks):
+        side = int(rng.integers(60, 120))
+        top, left = int(rng.integers(0, 256 - side)), int(rng.integers(0, 256 - side))
+        batch.append(Candidate(f"{k}.png", paste_face(retina256, faces[i], side=side, top=top, left=left)))
+    findings = FaceCheck().check_batch(batch)
+    # The cascade finds ~90 % of these faces at its operating point (bench/bench_identity.py), so allow one miss.
+    assert sum(f.flagged for f in findings) >= 5
+    hit = next(f for f in findings if f.flagged)
+    assert hit.reasons[0].startswith("face detected") and hit.private["boxes"]
+
+
+def test_clean_fundus_photographs_pass(retina256: np.ndarray) -> None:
+    images = [retina256, skdata.retina().astype(np.float32) / 255.0]
+    images += [render_visit(PhantomPatient.from_seed(4, i), visit=0, size=256)[0] for i in range(4)]
+    findings = FaceCheck().check_batch([Candidate(f"{i}.png", im) for i, im in enumerate(images)])
+    assert not any(f.flagged for f in findings)
+    assert all(set(f.scores) == {"faces.votes"} for f in findings)
+
+
+def test_odd_inputs_do_not_crash() -> None:
+    assert detect_faces(np.zeros((40, 30), np.float32)) == []
+    assert detect_faces(np.ones((300, 90, 3), np.float32)) == []

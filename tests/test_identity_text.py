@@ -1,0 +1,111 @@
+"""Burned-in text: structural detector on real and phantom fundus images, OCR blocklist, fail-closed OCR."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from synfundus_guard.audit.base import Candidate
+from synfundus_guard.audit.identity import TextCheck, detect_text
+from synfundus_guard.audit.identity import _ocr
+from synfundus_guard.audit.identity.overlays import draw_text, font_names
+from synfundus_guard.data.fov import resize_image
+from synfundus_guard.data.phantom import PhantomPatient, render_visit
+from synfundus_guard.errors import InputError
+
+DEJAVU = [f for f in font_names() if "DejaVuSans.ttf" in f or "DejaVuSerif-Bold.ttf" in f]
+
+
+@pytest.fixture(scope="module")
+def retina512() -> np.ndarray:
+    return resize_image(skdata.retina().astype(np.float32) / 255.0, 512, 512)
+
+
+def _overlaps(box: tuple[int, int, int, int], rows: list) -> bool:
+    x0, y0, x1, y1 = box
+    return any(r.box[0] < x1 and r.box[2] > x0 and r.box[1] < y1 and r.box[3] > y0 for r in rows)
+
+
+CASES = [  # font, size, position, light, colour
+    ("pil-default", 8, "top-left", True, (255, 255, 255)),
+    ("pil-bitmap", 11, "bottom-right", False, (0, 0, 0)),
+    ("pil-default", 24, "centre", False, (0, 0, 128)),
+    ("pil-default", 14, "centre", True, (255, 255, 0)),
+    ("pil-default", 18, "top-right", True, (0, 255, 0)),
+    ("dejavu", 10, "bottom-left", True, (230, 230, 230)),
+    ("dejavu", 20, "centre", True, (0, 255, 255)),
+    ("dejavu", 12, "top-right", False, (60, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("font,size,position,light,colour", CASES)
+def test_overlays_are_found(retina512: np.ndarray, font: str, size: int, position: str, light: bool,
+                            colour: tuple[int, int, int]) -> None:
+    if font == "dejavu":
+        if not DEJAVU:
+            pytest.skip("no DejaVu TrueType font installed")
+        font = DEJAVU[size % len(DEJAVU)]
+    img, overlay = draw_text(retina512, "ID 20231114 DOE", font=font, size=size, position=position, light=light,
+                             colour=colour)
+    rows = detect_text(img)
+    assert _overlaps(overlay.box, rows)
+
+
+def _clean_images(retina512: np.ndarray) -> list[np.ndarray]:
+    ma = skdata.microaneurysms().astype(np.float32) / 255.0
+    images = [retina512, skdata.retina().astype(np.float32) / 255.0, np.repeat(ma[..., None], 3, axis=2)]
+    for index in range(40):  # diseased eyes: exudate rings, haemorrhages, drusen, new vessels
+        patient = PhantomPatient.from_seed(11, index)
+        if patient.dr_grade(1) >= 3 or patient.amd:
+            images.append(render_visit(patient, visit=1, size=512, seed=11)[0])
+        if len(images) == 8:
+            break
+    return images
+
+
+def test_clean_fundus_images_have_no_text(retina512: np.ndarray) -> None:
+    for img in _clean_images(retina512):
+        assert detect_text(img) == []
+
+
+def test_check_flags_with_public_reason(retina512: np.ndarray) -> None:
+    img, _ = draw_text(retina512, "SMITH^ANNA", font="pil-default", size=16, position="top-left", light=True,
+                       colour=(255, 255, 255))
+    dirty, clean = TextCheck(ocr=False).check_batch([Candidate("a.png", img), Candidate("b.png", retina512)])
+    assert dirty.flagged and dirty.reasons[0].startswith("burned-in text")
+    assert dirty.scores["text.rows"] >= 1 and dirty.scores["text.max_glyphs"] >= 3
+    assert "SMITH" not in " ".join(dirty.reasons) and dirty.private["rows"]
+    assert not clean.flagged and clean.scores == {"text.rows": 0.0, "text.max_glyphs": 0.0}
+
+
+def test_blocklist_without_tesseract_fails_closed(monkeypatch: pytest.MonkeyPatch, retina512: np.ndarray) -> None:
+    monkeypatch.setattr(_ocr, "tesseract_path", lambda: None)
+    [finding] = TextCheck(blocklist=["P00012"]).check_batch([Candidate("a.png", retina512)])
+    assert finding.flagged and finding.error
+    assert _ocr.INSTALL_LINE in finding.reasons[0]
+
+
+def test_blocklist_needs_ocr() -> None:
+    with pytest.raises(InputError):
+        TextCheck(blocklist=["P00012"], ocr=False)
+
+
+@pytest.mark.skipif(_ocr.tesseract_path() is None, reason="tesseract not installed (apt-get install -y tesseract-ocr)")
+def test_ocr_finds_a_training_identifier(retina512: np.ndarray) -> None:
+    img, _ = draw_text(retina512, "ID 4829163", font="pil-default", size=20, position="bottom-left", light=True,
+                       colour=(255, 255, 255))
+    [hit] = TextCheck(blocklist=["4829163", "DOE^JANE"]).check_batch([Candidate("a.png", img)])
+    assert hit.flagged and hit.scores["text.identifier"] == 1.0
+    assert hit.reasons[0].startswith("burned-in identifier") and "4829163" not in " ".join(hit.reasons)
+    assert hit.private["matched_identifier"] == "4829163"
+    [miss] = TextCheck(blocklist=["7777777"]).check_batch([Candidate("a.png", img)])
+    assert miss.flagged and miss.scores["text.identifier"] == 0.0
+
+
+def test_identifier_matching_is_fuzzy_but_not_loose() -> None:
+    assert _ocr.normalise("Doe, John  O1/02") == "D0EJ0HN0102"
+    assert _ocr.match_identifier("Pat: DOE^J0HN", [_ocr.normalise("DOE^JOHN")]) == _ocr.normalise("DOE^JOHN")
+    assert _ocr.match_identifier("ID 4829l63", ["4829163"]) == "4829163"  # OCR confusion l -> 1
+    assert _ocr.match_identifier("ID 4820000", ["4829163"]) is None
+    assert _ocr.match_identifier("OD", ["0D"]) is None  # too short to identify anyone
