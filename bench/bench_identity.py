@@ -1,13 +1,13 @@
-"""Identity-leak filters (issue 5): vessel biometrics, burned-in text, faces, metadata. Prints tables.
+"""Identity-leak filters (issue 5): burned-in text, faces, metadata. Prints tables (vessels: bench_vessels.py).
 
-    .venv/bin/python bench/bench_identity.py [--only vessels,text,faces,metadata] [--quick]
+    .venv/bin/python bench/bench_identity.py [--only text,faces,metadata] [--quick]
                                              [--patients 120] [--size 256] [--text-clean 160] [--tune-faces]
 
-Vessels: phantom patients of dataset seed 1 (never used while developing the method, which used seed 0);
+Vessels: phantom patients of dataset seed 7 (never used while developing the method, which used seeds 0, 1);
 each patient's visit 1 (new pose, illumination, focus, noise, lesions) is matched against visit 0 of the same
 patient (genuine) and of ``--impostors`` other patients -> verification AUC and equal-error rate. The real
 photograph ``skimage.data.retina()`` is matched against its own transformed copies and against 60 phantom
-patients. A holdout calibration (patients of seed 2, best of k=10 candidates, quantile 0.999) gives the
+patients. A holdout calibration (patients of seed 8, best of k=10 candidates, quantile 0.999) gives the
 operating point. Throughput: template building, matching, and the check with k=10 candidates.
 
 Text: clean phantoms (seed 2, several visits and sizes) plus the real photographs (retina at four sizes and
@@ -38,8 +38,6 @@ from synfundus_guard.audit.identity._containers import metadata_items  # noqa: E
 from synfundus_guard.audit.identity._textdetect import detect_text  # noqa: E402
 from synfundus_guard.audit.identity.metadata import strip_metadata  # noqa: E402
 from synfundus_guard.audit.identity.overlays import random_face, random_text  # noqa: E402
-from synfundus_guard.audit.identity.vessels import (  # noqa: E402
-    TemplateQuery, best_match, build_template, calibrate_vessels)
 from synfundus_guard.data.fov import resize_image  # noqa: E402
 from synfundus_guard.data.perturb import affine, jpeg, photometric  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
@@ -73,77 +71,8 @@ def phantom(seed: int, index: int, visit: int, size: int) -> np.ndarray:
     return render_visit(PhantomPatient.from_seed(seed, index), visit=visit, size=size, seed=seed)[0]
 
 
-# --- vessels ------------------------------------------------------------------------------------------------
-
-
-def retina_copies() -> dict[str, np.ndarray]:
-    r = retina(512)
-    return {
-        "rotate +10": affine(r, dx=0, dy=0, angle=10, scale=1), "rotate -25": affine(r, dx=0, dy=0, angle=-25, scale=1),
-        "shift 30,-20 px": affine(r, dx=30, dy=-20, angle=0, scale=1),
-        "zoom 0.85": affine(r, dx=0, dy=0, angle=0, scale=0.85), "zoom 1.15": affine(r, dx=0, dy=0, angle=0, scale=1.15),
-        "brighter, gamma 1.3": photometric(r, brightness=0.1, contrast=0.8, gamma=1.3),
-        "darker, gamma 0.8": photometric(r, brightness=-0.1, contrast=0.9, gamma=0.8),
-        "JPEG q40": jpeg(r, 40), "mirror": np.ascontiguousarray(r[:, ::-1]), "resize to 256": retina(256),
-        "combined (7 deg, shift, zoom, photo, JPEG 60)": jpeg(photometric(
-            affine(r, dx=12, dy=8, angle=7, scale=1.05), brightness=0.05, contrast=0.9, gamma=1.1), 60),
-    }
-
-
-def bench_vessels(args: argparse.Namespace) -> None:
-    n, size, rng = args.patients, args.size, np.random.default_rng(0)
-    t0 = time.perf_counter()
-    ref = [build_template(phantom(1, i, 0, size)) for i in range(n)]
-    query = [phantom(1, i, 1, size) for i in range(n)]
-    t1 = time.perf_counter()
-    qt = [build_template(img) for img in query]
-    build_s = (time.perf_counter() - t1) / n
-    gen, imp, n_pairs, t_match = [], [], 0, 0.0
-    for i in range(n):
-        t2 = time.perf_counter()
-        q = TemplateQuery(qt[i])
-        gen.append(q.match(ref[i]).score)
-        others = rng.choice([j for j in range(n) if j != i], size=min(args.impostors, n - 1), replace=False)
-        imp.extend(q.match(ref[int(j)]).score for j in others)
-        t_match += time.perf_counter() - t2
-        n_pairs += 1 + len(others)
-    gen_a, imp_a = np.array(gen), np.array(imp)
-    labels, scores = np.r_[np.ones(len(gen_a)), np.zeros(len(imp_a))], np.r_[gen_a, imp_a]
-    auc, e = roc_auc_score(labels, scores), eer(labels, scores)
-    # Holdout calibration as the audit does it: other patients, best of k candidates, policy quantile.
-    hold = [build_template(phantom(2, i, 0, size)) for i in range(args.holdout)]
-    neigh = [list(rng.choice(n, size=10, replace=False)) for _ in hold]
-    thr = calibrate_vessels(hold, ref, neigh, 0.999)
-    cand = [[i] + [int(j) for j in rng.choice([j for j in range(n) if j != i], 9, replace=False)] for i in range(n)]
-    found = [best_match(TemplateQuery(qt[i]), ref, cand[i]) for i in range(n)]
-    flagged = [f[0] > thr and f[1] == i for f in found]  # flagged, and the evidence names the right eye
-    table(f"Vessel verification: {n} phantom patients (seed 1, {size} px), visit 1 vs visit 0",
-          ["genuine pairs", "impostor pairs", "AUC", "EER", "genuine min", "impostor max", "impostor p99.9"],
-          [[len(gen_a), len(imp_a), f"{auc:.5f}", f"{100 * e:.2f} %", f"{gen_a.min():.3f}", f"{imp_a.max():.3f}",
-            f"{np.quantile(imp_a, 0.999):.3f}"]])
-    table("Operating point: threshold = quantile 0.999 of holdout best-of-10 scores (seed 2 patients)",
-          ["holdout", "threshold", "same-eye visits flagged (best of 10 candidates incl. own eye)",
-           "impostor pairs above"],
-          [[len(hold), f"{thr:.3f}", f"{100 * np.mean(flagged):.1f} %", f"{100 * np.mean(imp_a > thr):.3f} %"]])
-    SUMMARY.append(["vessels", f"AUC {auc:.5f}, EER {100 * e:.2f} % ({n} patients)", ""])
-    # Real photograph.
-    real = build_template(retina())
-    rows = [[name, f"{TemplateQuery(build_template(img)).match(real).score:.3f}"]
-            for name, img in retina_copies().items()]
-    rq = TemplateQuery(real)
-    vs = np.array([rq.match(ref[i]).score for i in range(min(60, n))])
-    rows.append(["retina vs 60 phantom patients (max)", f"{vs.max():.3f}"])
-    rows.append(["holdout threshold", f"{thr:.3f}"])
-    table("Real photograph skimage.data.retina(): match score of transformed copies vs the original", ["copy",
-          "score"], rows)
-    ok = min(float(r[1]) for r in rows[:-2]) > thr > vs.max()
-    SUMMARY.append(["vessels (real retina)", f"copies {min(float(r[1]) for r in rows[:-2]):.3f} min, phantoms "
-                    f"{vs.max():.3f} max, thr {thr:.3f}", "ok" if ok else "FAIL"])
-    pair_s = t_match / n_pairs
-    table("Vessel throughput (2 cores)", ["template build", "match (pair)", "check, k=10 candidates"],
-          [[f"{1 / build_s:.1f} img/s", f"{1 / pair_s:.0f} pairs/s", f"{1 / (build_s + 10 * pair_s):.1f} img/s"]])
-    SUMMARY.append(["vessels throughput", f"{1 / (build_s + 10 * pair_s):.1f} img/s (k=10)", ""])
-    print(f"(setup {time.perf_counter() - t0:.0f} s)")
+def phantom_quality(seed: int, index: int, visit: int) -> float:
+    return render_visit(PhantomPatient.from_seed(seed, index), visit=visit, size=64, seed=seed)[1]["quality"]
 
 
 # --- text ---------------------------------------------------------------------------------------------------
@@ -293,7 +222,7 @@ def bench_metadata(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="vessels,text,faces,metadata")
+    ap.add_argument("--only", default="text,faces,metadata")
     ap.add_argument("--quick", action="store_true", help="small sample sizes (smoke run)")
     ap.add_argument("--patients", type=int, default=120)
     ap.add_argument("--impostors", type=int, default=40)
@@ -307,8 +236,7 @@ def main() -> None:
     if args.quick:
         args.patients, args.impostors, args.holdout, args.text_clean, args.text_reps, args.face_bg = 20, 10, 10, 12, 1, 20
     only = set(args.only.split(","))
-    for name, fn in (("metadata", bench_metadata), ("text", bench_text), ("faces", bench_faces),
-                     ("vessels", bench_vessels)):
+    for name, fn in (("metadata", bench_metadata), ("text", bench_text), ("faces", bench_faces),):
         if name in only:
             fn(args)
     table("Summary (issue 5 acceptance)", ["filter", "result", "throughput"], SUMMARY)

@@ -3,8 +3,7 @@
 Each filter is a :class:`~synfundus_guard.audit.base.Check` whose ``name`` matches its section of the policy
 (``identity.vessels``, ``identity.text``, ``identity.faces``, ``identity.metadata``):
 
-* :class:`VesselCheck` -- the vessel pattern matches a candidate training eye (threshold from
-  :func:`calibrate_vessels` on holdout patients; templates from :func:`build_template`);
+* vessel biometrics live in :mod:`synfundus_guard.audit.vessels` (templates stored in the training index);
 * :class:`TextCheck` -- burned-in text; with a blocklist of training identifiers, OCR (tesseract) finds them;
 * :class:`FaceCheck` -- a frontal face (scikit-image's LBP cascade);
 * :class:`MetadataCheck` -- a released file carries metadata; :func:`strip_metadata` removes it.
@@ -16,23 +15,11 @@ from ._textdetect import TextOptions, TextRow, detect_text
 from .faces import FaceCheck, FaceOptions, detect_faces
 from .metadata import MetadataCheck, strip_metadata
 from .text import TextCheck
-from .vessels import (
-    VesselCheck,
-    VesselTemplate,
-    build_template,
-    calibrate_vessels,
-    holdout_scores,
-    match,
-    match_score,
-    stack_templates,
-    unstack_templates,
-)
 
 CHECK_NAMES = ("vessels", "text", "faces", "metadata")
 """Names of the identity checks, as used in policies and reports."""
 
 __all__ = [
     "CHECK_NAMES", "FaceCheck", "FaceOptions", "MetadataCheck", "TextCheck", "TextOptions", "TextRow",
-    "VesselCheck", "VesselTemplate", "build_template", "calibrate_vessels", "detect_faces", "detect_text",
-    "holdout_scores", "match", "match_score", "stack_templates", "strip_metadata", "unstack_templates",
+    "detect_faces", "detect_text", "strip_metadata",
 ]

@@ -4,13 +4,16 @@ Camera overlays (names, ids, dates) are drawn as strokes 1-4 px wide in a colour
 photograph. Each colour channel is searched for light and for dark strokes separately (text that is light in
 one channel is often dark in another, and mixing the two merges letters with the gaps between them) with a
 morphological top-hat. The top-hat is cut at a few contrast levels (like MSER): low levels catch faint or thin
-text, high levels separate letters that anti-aliasing glues together. At each level, connected components that
-look like glyphs -- thin strokes relative to their height, not a filled blob, not a long bar -- are chained
-into rows: similar heights, overlapping vertically, side by side with letter-sized gaps.
+text, high levels separate letters that anti-aliasing glues together (levels below five times the image's
+noise are skipped). At each level, connected components that look like glyphs -- glyph-sized, thin strokes
+relative to their height, not a filled blob, wide ones crossing many strokes, and still glyph-sized when the
+top-hat is cut at half the level -- are chained into rows: similar heights, overlapping vertically, side by
+side with letter-sized gaps.
 
-A row of at least ``min_glyphs`` glyphs is text. Fundus anatomy fails these tests in known ways: vessels are
-long curves (too big, or bars of uniform width), lesions and drusen are filled blobs, the optic disc and the
-field-of-view edge are larger than the top-hat and vanish in it.
+A row of at least ``min_glyphs`` glyphs, two of them letter-like (neither a thin bar nor a single straight
+stroke), is text. Fundus anatomy fails these tests in known ways: vessels are long curves that grow at half
+the level, and their pieces are bars or straight strokes (parallel trunks at the optic disc); lesions and
+drusen are filled blobs; the optic disc and the field-of-view edge are larger than the top-hat and vanish.
 """
 
 from __future__ import annotations
