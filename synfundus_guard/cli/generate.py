@@ -37,12 +37,9 @@ def build_checks(model_dir: Path, policy: Policy, progress: Progress) -> list:
     SINGLE CALL SITE for the audit wiring: ``synfundus_guard.audit.runner.build_checks_for_model`` builds the
     FAISS index from the training split named in the model's card and calibrates on its holdout split.
     """
-    from ..audit import runner
+    from ..audit.runner import build_checks_for_model
 
-    factory = getattr(runner, "build_checks_for_model", None)
-    if factory is None:
-        return []
-    return list(factory(model_dir=model_dir, policy=policy, progress=progress))
+    return list(build_checks_for_model(model_dir=model_dir, policy=policy, progress=progress))
 
 
 @guarded

@@ -110,8 +110,8 @@ def training_data_dir(model: LoadedModel, *, cache_dir: Path, progress: Progress
     if missing:
         raise ModelError(f"regenerated phantom data in {folder} lacks {len(missing)} file(s) the card names")
     if data_fingerprint([(n, folder / n) for n in card.data.train_files]) != card.data.fingerprint:
-        progress.log("warning: regenerated phantom images differ in bytes from those the model was trained on "
-                     "(another platform's floating point); checks use the regenerated images")
+        progress.log("warning: the regenerated phantom images differ in bytes from those the model was trained on "
+                     "(another phantom generator version or platform); checks use the regenerated images")
     return folder
 
 

@@ -265,7 +265,9 @@ class _Trainer:
         if self.private is not None:
             return torch.tensor(draw_batch(self.private.sampler), dtype=torch.long)
         n = len(self.images)
-        return torch.randperm(n, generator=self.g)[: min(self.batch_size, n)]
+        if self.batch_size <= n:
+            return torch.randperm(n, generator=self.g)[: self.batch_size]
+        return torch.randint(0, n, (self.batch_size,), generator=self.g)  # tiny sets: draw with replacement
 
     def step(self, step: int) -> None:
         """One denoising-score-matching step, then the EMA update."""
