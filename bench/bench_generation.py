@@ -35,14 +35,7 @@ from synfundus_guard.policies import load_policy  # noqa: E402
 from synfundus_guard.policies.schema import GenerationPolicy, Policy  # noqa: E402
 
 
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+from bench.common import table  # noqa: E402
 
 
 def build_checks(model: LoadedModel, policy: Policy, work: Path) -> list:

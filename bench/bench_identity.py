@@ -45,15 +45,7 @@ from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E
 SUMMARY: list[list[object]] = []
 
 
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
-    sys.stdout.flush()
+from bench.common import table  # noqa: E402
 
 
 def retina(size: int | None = None) -> np.ndarray:

@@ -129,14 +129,7 @@ def run_scenario(work: Path, sc: Scenario, *, n_release: int, n_boot: int, black
             "epsilon": card.dp.epsilon if card and card.dp else None}
 
 
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+from bench.common import table  # noqa: E402
 
 
 def ci(m: dict) -> str:

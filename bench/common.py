@@ -1,0 +1,17 @@
+"""Shared helpers of the benchmark scripts."""
+
+from __future__ import annotations
+
+import sys
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    """Print a titled, column-aligned table (flushed, so long benches show progress)."""
+    print(f"\n{title}")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+    sys.stdout.flush()
