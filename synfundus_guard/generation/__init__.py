@@ -3,6 +3,7 @@
 Modules (imported on use; torch and diffusers are heavy, so this package imports nothing itself):
 
 * :mod:`.train` — :func:`~.train.train_model` (patient-disjoint holdout, checkpoints, resume) -> ``TrainResult``
+* :mod:`.trainer` — one training step at a time (v-prediction, EMA weights, plain or DP-SGD)
 * :mod:`.dp` — :class:`~.dp.DPConfig`, Opacus ``PrivacyEngine`` wiring, ε from the accountant
 * :mod:`.card` — the training card (split, data fingerprint, conditioning, DP record)
 * :mod:`.conditioning` — multi-label class conditioning as one joint class of a stock ``UNet2DModel``

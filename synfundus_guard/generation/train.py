@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..data.folder import ImageRecord, scan_folder
 from ..errors import InputError
@@ -26,15 +25,14 @@ from ..fsutil import atomic_write_bytes, sha256_bytes
 from ..progress import NULL_PROGRESS, Progress
 from .card import CARD_FILE, DataSplit, DPRecord, TrainingCard, data_fingerprint, read_card, write_card
 from .conditioning import Conditioning
-from .data import load_images, split_records, to_unit_range
-from .dp import DPConfig, DPTraining, draw_batch, make_private, quiet_opacus
-from .model import build_unet, count_parameters, save_model, training_scheduler
+from .data import load_images, split_records
+from .dp import DPConfig, quiet_opacus
+from .model import count_parameters, save_model, training_scheduler
+from .trainer import EMA_DECAY, Trainer
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
 OBJECTIVE_KEYS = ("num_train_timesteps", "beta_schedule", "prediction_type")
 """Scheduler settings that define the training objective; a checkpoint of another objective is not resumed."""
-EMA_DECAY = 0.999
-"""Decay of the exponential moving average of the weights that is saved (warmed up over the first steps)."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +186,7 @@ def train_model(*, train_dir: Path, out_dir: Path, steps: int = 4000, resolution
     images = load_images(plan.train, resolution, progress=progress)
     cond = plan.cond
     classes = torch.tensor([cond.class_index(r.labels) for r in plan.train]) if cond else None
-    trainer = _Trainer(images=images, classes=classes, num_classes=cond.num_classes if cond else None,
+    trainer = Trainer(images=images, classes=classes, num_classes=cond.num_classes if cond else None,
                        resolution=resolution, channels=channels, layers_per_block=layers_per_block,
                        batch_size=batch_size, lr=lr, seed=seed, steps=steps, dp=dp)
     ckpt_path = out_dir / CHECKPOINT
@@ -212,88 +210,6 @@ def train_model(*, train_dir: Path, out_dir: Path, steps: int = 4000, resolution
     shutil.rmtree(out_dir / CHECKPOINT.parent, ignore_errors=True)
     return TrainResult(model_dir=out_dir, card=card, steps_run=steps - start, resumed_from=start, seconds=seconds,
                        final_loss=trainer.running_loss, parameters=count_parameters(trainer.unet))
-
-
-class _Trainer:
-    """Model, EMA weights, optimizer (plain or Opacus DP-SGD) and the run's generator; one step at a time."""
-
-    def __init__(self, *, images: torch.Tensor, classes: torch.Tensor | None, num_classes: int | None,
-                 resolution: int, channels: Sequence[int], layers_per_block: int, batch_size: int, lr: float,
-                 seed: int, steps: int, dp: DPConfig | None):
-        self.images, self.classes, self.batch_size = images, classes, batch_size
-        self.g = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.unet = build_unet(resolution=resolution, block_out_channels=channels, num_classes=num_classes,
-                                   layers_per_block=layers_per_block)
-        self.ema = {k: v.detach().clone() for k, v in self.unet.state_dict().items()}
-        self.scheduler = training_scheduler()
-        self.v_prediction = self.scheduler.config.prediction_type == "v_prediction"
-        self.base_optimizer = torch.optim.AdamW(self.unet.parameters(), lr=lr, weight_decay=0.0)
-        self.private: DPTraining | None = None
-        self.model, self.optimizer = self.unet, self.base_optimizer
-        if dp is not None:
-            self.private = make_private(module=self.unet, optimizer=self.base_optimizer, dataset_size=len(images),
-                                        batch_size=batch_size, steps=steps, config=dp, generator=self.g)
-            self.model, self.optimizer = self.private.module, self.private.optimizer
-        self.running_loss: float | None = None
-        self.unet.train()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue bit for bit."""
-        return {"unet": self.unet.state_dict(), "ema": self.ema, "optimizer": self.base_optimizer.state_dict(),
-                "generator": self.g.get_state(), "loss": self.running_loss,
-                "accountant": self.private.engine.accountant.state_dict() if self.private else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Restore a checkpoint; returns the step to continue from."""
-        self.unet.load_state_dict(state["unet"])
-        self.ema = state["ema"]
-        self.base_optimizer.load_state_dict(state["optimizer"])
-        self.g.set_state(state["generator"])
-        self.running_loss = state["loss"]
-        if self.private is not None:
-            self.private.engine.accountant.load_state_dict(state["accountant"])
-        return int(state["step"])
-
-    def ema_unet(self) -> torch.nn.Module:
-        """The UNet carrying the EMA weights (what is saved)."""
-        self.unet.load_state_dict(self.ema)
-        return self.unet
-
-    def _indices(self) -> torch.Tensor:
-        if self.private is not None:
-            return torch.tensor(draw_batch(self.private.sampler), dtype=torch.long)
-        n = len(self.images)
-        if self.batch_size <= n:
-            return torch.randperm(n, generator=self.g)[: self.batch_size]
-        return torch.randint(0, n, (self.batch_size,), generator=self.g)  # tiny sets: draw with replacement
-
-    def step(self, step: int) -> None:
-        """One denoising-score-matching step, then the EMA update."""
-        idx = self._indices()
-        empty = len(idx) == 0
-        if empty:
-            # An empty Poisson batch still takes a DP step (zero gradient + noise). The UNet cannot run on zero
-            # images, so run one dummy image whose loss is multiplied by 0: its clipped gradient is exactly 0.
-            idx = torch.zeros(1, dtype=torch.long)
-        x0 = to_unit_range(self.images[idx])
-        noise = torch.randn(x0.shape, generator=self.g)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(idx),), generator=self.g)
-        labels = self.classes[idx] if self.classes is not None else None
-        pred = self.model(self.scheduler.add_noise(x0, noise, t), t, class_labels=labels).sample
-        target = self.scheduler.get_velocity(x0, noise, t) if self.v_prediction else noise
-        loss = F.mse_loss(pred, target)
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss * 0.0 if empty else loss).backward()
-        self.optimizer.step()
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in self.unet.state_dict().items():
-                self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-        if not empty:
-            value = float(loss.detach())
-            self.running_loss = value if self.running_loss is None else 0.98 * self.running_loss + 0.02 * value
 
 
 __all__ = ["TrainResult", "train_model", "CARD_FILE"]
