@@ -45,6 +45,8 @@ class MemoScore:
 
 VIEWS_PER_CANDIDATE = 3
 """Views kept per candidate: at low resolution the best-matching view can be a wrong orientation."""
+IDENTITY_VIEW = 0
+"""The query view that is the image itself (orientation 0, no rotation) for every embedder."""
 
 
 @dataclass(frozen=True)
@@ -76,17 +78,18 @@ def retrieve(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list
 
 
 def align_best(index: GuardIndex, query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
-               refine: int | None = None) -> tuple[float, int, dict[str, float]]:
+               refine: int | None = None, extra_views: Sequence[int] = ()) -> tuple[float, int, dict[str, float]]:
     """Best aligned correlation of ``query`` with the retrieved candidates' ``templates``.
 
-    A coarse pass scores every candidate at the views that matched it (translation only); the full rotation
-    and scale grid then refines the ``refine`` (default :data:`REFINE`) most promising candidate-views.
+    A coarse pass scores every candidate at the views that matched it, plus ``extra_views`` (translation
+    only); the full rotation and scale grid then refines the ``refine`` (default :data:`REFINE`) most promising
+    candidate-views.
     """
     refine = REFINE if refine is None else refine
     coarse = []
     for j, views in retrieval.candidates:
         template = np.asarray(templates[j])
-        for view in views:
+        for view in dict.fromkeys((*views, *extra_views)):
             orientation, angle = index.embedder.view_params(view)
             for a in COARSE_ANGLES if angle is None else (angle,):
                 score, t = query.score(template, orientation=orientation, angle=a, grid=COARSE)
@@ -106,7 +109,9 @@ def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int,
     retrievals = retrievals if retrievals is not None else retrieve(index, images, k=k)
     out = []
     for img, r in zip(images, retrievals):
-        score, j, t = align_best(index, QuerySketch(img), r, index.sketches)
+        # The unrotated view is always tried too: a generator's copies are mostly unrotated, and where the
+        # embedding separates the training images poorly (few of them, similar anatomy) its view ranking is noise.
+        score, j, t = align_best(index, QuerySketch(img), r, index.sketches, extra_views=(IDENTITY_VIEW,))
         out.append(MemoScore(r.embedding_sim, score, j, t, tuple(c for c, _ in r.candidates)))
     return out
 

@@ -21,7 +21,7 @@ from ..data.fov import canonical_crop, detect_fov, disc_mask, orient, rotate_sca
 from ..embed.pixel import _rank_equalise
 
 SKETCH_SIDE = 96
-SKETCH_VERSION = f"sketch-v3:{SKETCH_SIDE}"
+SKETCH_VERSION = f"sketch-v4:{SKETCH_SIDE}"
 _TAPER = ndi.gaussian_filter(disc_mask(SKETCH_SIDE, shrink=0.88).astype(np.float32), 2.0)
 _FULL_TAPER = ndi.gaussian_filter(np.pad(np.ones((SKETCH_SIDE - 8,) * 2, np.float32), 4), 2.0)
 
@@ -94,7 +94,7 @@ def _vessel_spectrum(vmap: np.ndarray, is_disc: bool) -> np.ndarray:
 
 
 _KINDS = {"band": _band_spectrum, "vessel": _vessel_spectrum}
-VESSEL_VERSION = f"vessel-v1:{SKETCH_SIDE}"
+VESSEL_VERSION = f"vessel-v2:{SKETCH_SIDE}"
 
 
 def make_sketch(img: np.ndarray, kind: str = "band") -> np.ndarray:

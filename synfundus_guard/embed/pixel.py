@@ -49,7 +49,7 @@ class PixelEmbedder(Embedder):
     """Default offline embedder (see module docstring)."""
 
     name = "pixel"
-    VERSION = "pixel-v1"
+    VERSION = "pixel-v2"  # v2: FOV detection tolerates pixel quantization of small images
 
     def __init__(self, *, dim: int = 128, whiten_power: float = 0.5):
         self.dim = dim
