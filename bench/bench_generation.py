@@ -34,26 +34,14 @@ from synfundus_guard.generation.train import train_model  # noqa: E402
 from synfundus_guard.policies import load_policy  # noqa: E402
 from synfundus_guard.policies.schema import GenerationPolicy, Policy  # noqa: E402
 
-
 from bench.common import table  # noqa: E402
 
 
 def build_checks(model: LoadedModel, policy: Policy, work: Path) -> list:
-    """The checks ``guard generate`` would use (the lead's factory when present, else built here the same way)."""
-    from synfundus_guard.audit import runner
+    """The checks ``guard generate`` uses: the model's training split indexed, its holdout calibrating."""
+    from synfundus_guard.audit.runner import build_checks_for_model
 
-    factory = getattr(runner, "build_checks_for_model", None)
-    if factory is not None:
-        return list(factory(model_dir=model.path, policy=policy))
-    from synfundus_guard.data.split import write_split
-    from synfundus_guard.generation.default import training_data_dir
-
-    card = model.card
-    data = training_data_dir(model, cache_dir=work / "cache")
-    split = write_split(data, work / "split", holdout_fraction=card.data.holdout_fraction, seed=card.data.split_seed)
-    guard = runner.prepare_guard(train_dir=split.train_dir, holdout_dir=split.holdout_dir, k=policy.memorization.k,
-                                 cache_dir=work / "cache")
-    return runner.build_checks(policy=policy, guard=guard)
+    return list(build_checks_for_model(model_dir=model.path, policy=policy, cache_dir=work / "cache"))
 
 
 def bench_sampling(args: argparse.Namespace, work: Path) -> None:
@@ -85,6 +73,24 @@ def bench_sampling(args: argparse.Namespace, work: Path) -> None:
            ["guarded per drawn sample", "", f"{(res.accepted + res.rejected) / guarded:.2f}",
             f"{guarded / plain * args.n / max(1, res.accepted + res.rejected):.2f}x"],
            ["one-time guard setup (index + calibration)", f"{setup:.1f}", "", ""]])
+    bench_checks(checks, out, plain / args.n)
+
+
+def bench_checks(checks: list, folder: Path, sample_s: float) -> None:
+    """Each check alone on the unguarded images, one batch, no overlap with sampling: its images/s and its cost
+    relative to sampling an image (what the guarded sampler must hide behind sampling)."""
+    from synfundus_guard.audit.base import Candidate
+    from synfundus_guard.data.images import load_image
+
+    cands = [Candidate(p.name, load_image(p)) for p in sorted(folder.glob("*.png"))]
+    rows = [["sampling one image (unguarded)", f"{1 / sample_s:.2f}", "1.00x"]]
+    for check in checks:
+        t0 = time.perf_counter()
+        check.check_batch(cands)
+        dt = (time.perf_counter() - t0) / len(cands)
+        rows.append([check.name, f"{1 / dt:.2f}", f"{dt / sample_s:.2f}x"])
+    table(f"Per-check cost on the same {len(cands)} images (each alone, sequential)",
+          ["check", "images/s", "time vs sampling"], rows)
 
 
 def bench_training(args: argparse.Namespace, work: Path) -> None:
