@@ -51,3 +51,15 @@ def test_odd_inputs_do_not_crash() -> None:
     assert [b.detector for b in detect_faces(np.zeros((40, 30), np.float32))] == ["hog"]
     assert all(b.detector == "hog" for b in detect_faces(np.ones((300, 90, 3), np.float32)))
     assert FaceCheck().fingerprint()["hog_model"]
+
+
+def test_small_images_are_searched_only_for_faces_of_min_face_px() -> None:
+    from synfundus_guard.audit.identity.faces import FaceOptions
+
+    opts = FaceOptions()
+    boxes = []
+    for i in range(6):  # 32 px images are enlarged to 96 px for the detectors; windows still span >= 16 px
+        img = resize_image(render_visit(PhantomPatient.from_seed(4, i), visit=0, size=64)[0], 32, 32)
+        boxes += detect_faces(img, opts)
+    assert boxes, "the detectors must still scan small images"
+    assert min(b.box[2] - b.box[0] for b in boxes) >= opts.min_face_px - 1
