@@ -13,7 +13,7 @@ operating point. Throughput: template building, matching, and the check with k=1
 Text: clean phantoms (seed 2, several visits and sizes) plus the real photographs (retina at four sizes and
 two rotations, microaneurysms) are the negatives; the positives are the same images with one random overlay
 each (every installed TrueType font plus PIL's bitmap and default fonts, 8-24 px, four corners and the
-centre, light and dark). Faces: LFW faces 0-49 pasted into phantoms of seed 901 tune ``min_votes``
+centre, light and dark). Faces: LFW faces 0-49 pasted into phantoms of seed 901 tune ``min_votes`` and ``min_hog``
 (``--tune-faces``); faces 50-99 pasted into other phantoms and the real photograph evaluate it.
 Metadata: files of every supported format with planted metadata, before and after ``strip_metadata``.
 """
