@@ -18,7 +18,7 @@ from synfundus_guard.cli.main import app
 from synfundus_guard.errors import InputError, ModelError
 from synfundus_guard.generation.card import CARD_FILE, data_fingerprint, read_card
 from synfundus_guard.generation.default import RECIPE_FILE, training_data_dir
-from synfundus_guard.generation.model import load_model, model_fingerprint
+from synfundus_guard.generation.model import DEFAULT_MODEL_DIR, load_model, model_fingerprint
 from synfundus_guard.generation.train import CHECKPOINT, train_model
 from synfundus_guard.progress import Progress, ProgressTask
 
@@ -188,3 +188,18 @@ def test_training_data_is_found_or_regenerated_from_the_recipe(tiny_model: Path,
     assert found.is_relative_to(tmp_path / "cache") and (found / card["data"]["train_files"][0]).is_file()
     assert not any("differ" in line for line in log.lines), "regenerated phantom must be byte-identical"
     assert training_data_dir(load_model(moved), cache_dir=tmp_path / "cache") == found
+
+
+def test_builtin_model_training_data_regenerates_byte_identical(tmp_path: Path) -> None:
+    """The shipped weights were trained on exactly what the recipe regenerates today (else: retrain them with
+    ``build_default_model``), so audits of its releases index and calibrate on its true training data."""
+    moved = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, moved)
+    card = json.loads((moved / CARD_FILE).read_text())
+    card["data"]["train_dir"] = str(tmp_path / "not-here")  # force the regeneration a fresh machine does
+    (moved / CARD_FILE).write_text(json.dumps(card))
+    log = _Log()
+    data = training_data_dir(load_model(moved), cache_dir=tmp_path / "cache", progress=log)
+    assert not any("differ" in line for line in log.lines)
+    names = card["data"]["train_files"]
+    assert data_fingerprint([(n, data / n) for n in names]) == card["data"]["fingerprint"]
