@@ -116,3 +116,19 @@ def test_openclip_embedder_loads_a_local_checkpoint(tmp_path, retina):
     assert emb.feature_fingerprint().startswith("openclip:tiny-guard-test:sha256:")
     with pytest.raises(InputError):
         embedder_from_spec(f"openclip:tiny-guard-test:{tmp_path / 'missing.pt'}")
+
+
+def test_query_views_equal_features_of_each_transformed_image() -> None:
+    """The 40 query views are computed from 5 rotations oriented 8 ways; that must equal embedding each
+    transformed image directly (orientation commutes with the feature pipeline)."""
+    from synfundus_guard.data.fov import ORIENTATIONS, orient, rotate_scale
+    from synfundus_guard.embed.pixel import VIEW_ANGLES, PixelEmbedder
+
+    emb = PixelEmbedder()
+    img = render_visit(PhantomPatient.from_seed(1, 0), visit=0, size=128)[0]
+    canon, mask = emb._canonical(img)
+    fast = np.stack(emb._views(canon, mask))
+    direct = np.stack([emb._view_features(rotate_scale(orient(canon, o), a) if a else orient(canon, o), mask)
+                       for o in range(ORIENTATIONS) for a in VIEW_ANGLES])
+    assert fast.shape == direct.shape == (40, fast.shape[1])
+    np.testing.assert_allclose(fast, direct, atol=1e-4)

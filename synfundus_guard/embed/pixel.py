@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..data.fov import ORIENTATIONS, canonical_crop, detect_fov, disc_mask, orient, resize_image, rotate_scale
+from ..data.fov import ORIENTATIONS, canonical_crop, detect_fov, disc_mask, orient, rotate_scale
 from .base import Embedder, l2_normalize
 
 _SIDE = 48
@@ -40,6 +40,19 @@ def _rank_equalise(chan: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` exact area-averaging weights: output pixel i averages input span [i, i+1) * n_in/n_out.
+    Unlike PIL's box filter it is mirror-symmetric, so resizing commutes with flips and quarter turns."""
+    edges = np.arange(n_out + 1) * (n_in / n_out)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    px = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0.0, None)
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+_BAND_RESIZE = _area_matrix(_SIDE, _BAND_SIDE)
+
+
 def _block_mean(x: np.ndarray, side: int) -> np.ndarray:
     f = x.shape[0] // side
     return x.reshape(side, f, side, f).mean(axis=(1, 3))
@@ -49,7 +62,7 @@ class PixelEmbedder(Embedder):
     """Default offline embedder (see module docstring)."""
 
     name = "pixel"
-    VERSION = "pixel-v2"  # v2: FOV detection tolerates pixel quantization of small images
+    VERSION = "pixel-v3"  # v2: FOV detection tolerates small images' pixel quantization; v3: symmetric resize
 
     def __init__(self, *, dim: int = 128, whiten_power: float = 0.5):
         self.dim = dim
@@ -75,26 +88,42 @@ class PixelEmbedder(Embedder):
         mask = self._mask if fov.is_disc else np.ones((_SIDE, _SIDE), dtype=bool)
         return canon, mask
 
-    def _view_features(self, canon: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _view_maps(self, canon: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A view's colour layout ``(16, 16, 3)`` and luminance band-pass ``(32, 32)`` (not yet normalised)."""
         smooth = ndi.gaussian_filter(canon, sigma=(0.8, 0.8, 0))
         eq = np.stack([_rank_equalise(smooth[..., c], mask) for c in range(3)], axis=2)
-        colour = np.stack([_block_mean(eq[..., c], _COLOUR_SIDE) for c in range(3)], axis=0).ravel()
+        colour = np.stack([_block_mean(eq[..., c], _COLOUR_SIDE) for c in range(3)], axis=2)
         lum = eq.mean(axis=2)
         band = np.where(mask, ndi.gaussian_filter(lum, 0.7) - ndi.gaussian_filter(lum, 2.5), 0.0)
-        band = resize_image(band[..., None].astype(np.float32), _BAND_SIDE, _BAND_SIDE)[..., 0]
+        band = _BAND_RESIZE @ band.astype(np.float32) @ _BAND_RESIZE.T
+        return colour, band
+
+    @staticmethod
+    def _feature_vector(colour: np.ndarray, band: np.ndarray) -> np.ndarray:
+        colour = np.moveaxis(colour, 2, 0).ravel()
         colour = colour - colour.mean()
         band = band.ravel() - band.mean()
         colour /= max(np.linalg.norm(colour), 1e-6)
         band /= max(np.linalg.norm(band), 1e-6)
         return np.concatenate([colour, band]).astype(np.float32)
 
+    def _view_features(self, canon: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._feature_vector(*self._view_maps(canon, mask))
+
     def _views(self, canon: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        """Features of view (orientation o, angle a) = ``rotate_scale(orient(canon, o), a)``, for every o, a.
+
+        Mirrors and quarter turns commute with everything after them (isotropic smoothing, rank equalisation
+        inside the symmetric mask, block means, band-pass, resizing), and rotating a mirrored image by ``a``
+        mirrors the image rotated by ``-a``; so the maps are computed once per rotation and oriented 8 ways.
+        """
+        maps = {a: self._view_maps(canon if a == 0 else rotate_scale(canon, a), mask)
+                for a in {*VIEW_ANGLES, *(-a for a in VIEW_ANGLES)}}
         out = []
         for o in range(ORIENTATIONS):
-            base = orient(canon, o)
             for angle in VIEW_ANGLES:
-                view = base if angle == 0 else rotate_scale(base, angle)
-                out.append(self._view_features(view, mask))
+                colour, band = maps[-angle if o >= 4 and angle else angle]
+                out.append(self._feature_vector(orient(colour, o), orient(band, o)))
         return out
 
     def features(self, images: Sequence[np.ndarray], *, views: bool = False) -> np.ndarray:
