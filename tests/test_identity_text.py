@@ -109,3 +109,18 @@ def test_identifier_matching_is_fuzzy_but_not_loose() -> None:
     assert _ocr.match_identifier("ID 4829l63", ["4829163"]) == "4829163"  # OCR confusion l -> 1
     assert _ocr.match_identifier("ID 4820000", ["4829163"]) is None
     assert _ocr.match_identifier("OD", ["0D"]) is None  # too short to identify anyone
+
+
+def test_short_rows_of_anatomy_inside_the_field_of_view_pass() -> None:
+    """Hard exudates in a line or the optic cup cut by vessels look like 3 glyphs; inside the FOV a row needs 4."""
+    img = render_visit(PhantomPatient.from_seed(1007, 28), visit=0, size=256, seed=1007)[0]
+    assert TextCheck(ocr=False, min_glyphs_in_fov=3).check_batch([Candidate("a.png", img)])[0].flagged
+    (finding,) = TextCheck(ocr=False).check_batch([Candidate("a.png", img)])
+    assert not finding.flagged and finding.scores["text.rows"] == 0
+
+
+def test_short_text_outside_the_field_of_view_is_still_flagged(retina512: np.ndarray) -> None:
+    img, _ = draw_text(retina512, "OD 7", font="pil-default", size=16, position="top-left", light=True,
+                       colour=(255, 255, 255))
+    (finding,) = TextCheck(ocr=False).check_batch([Candidate("a.png", img)])
+    assert finding.flagged and finding.scores["text.max_glyphs"] >= 3
