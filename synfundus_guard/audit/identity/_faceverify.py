@@ -5,8 +5,8 @@ orientations, 4 px cells, 2 x 2 blocks: 7 x 7 blocks, 1764 numbers); the score i
 (> 0 = face-like). HOG is computed once per pyramid level and windows are read off its block grid (stride 4
 px at 32 px, i.e. 1/8 of the window), so scanning costs one HOG per level.
 
-The weights ship as ``faces_hog.npz``; :func:`fit_model` rebuilds them (``python -m
-synfundus_guard.audit.identity._faceverify``, several minutes). Training data, none of it used to evaluate:
+The weights ship as ``faces_hog.npz``, written by :func:`fit_model` (``python -m
+synfundus_guard.audit.identity._faceverify``, about 7 minutes on two cores; seeded, so it rebuilds them). Training data, none of it used to evaluate:
 positives are LFW faces 0-49 (``skimage.data.lfw_subset()``; randomly mirrored, contrast and brightness
 jittered) pasted with :func:`~.overlays.random_face` into phantom fundus photographs of dataset seeds 910 and
 911 and into non-face scikit-image photographs (windows with IoU >= 0.6 to the pasted face); negatives are
