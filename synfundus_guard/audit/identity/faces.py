@@ -12,13 +12,12 @@ an image is flagged when either fires:
   0-49 pasted into phantom photographs of seeds 910/911 and non-face photographs. Public score ``faces.hog``:
   the best window's logit; fires at ``min_hog``.
 
-On held-out faces (LFW 50-99 in phantoms of seed 3 and the rotated real photograph) the cascade alone finds
-94 % of pasted faces, the HOG classifier alone 80 %, together 96 % with no false positives (short of the 99 %
-goal); a real photograph of a face (``skimage.data.astronaut``) is found by both. The two thresholds were chosen together on the tuning split (LFW faces 0-49 pasted
-into phantom photographs of seed 901, which the classifier never saw; ``bench/bench_identity.py --only faces
---tune-faces``): the pair with the highest true-positive rate at <= 1 % false positives, then the
-strictest. ``bench_faces``
-evaluates them on held-out faces and images.
+The two thresholds were chosen together on the tuning split (LFW faces 0-49 pasted into phantom photographs
+of seed 901, which the classifier never saw; ``bench/bench_identity.py --only faces --tune-faces``): the pair
+with the highest true-positive rate at <= 1 % false positives, then the strictest. On held-out faces (LFW
+50-99 in phantoms of seed 3 and the rotated real photograph) the cascade alone finds 94 % of pasted faces,
+the HOG classifier alone 80 %, together 96 % with no false positives (short of the 99 % goal); a real
+photograph of a face (``skimage.data.astronaut``) is found by both.
 
 Faces smaller than ``min_fraction`` carry little identity; above ``max_fraction`` a window would cover the
 whole fundus disc, which the cascade mistakes for a face.
