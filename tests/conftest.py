@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 
 from synfundus_guard.data.phantom import generate_phantom
 
@@ -18,6 +20,16 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("phantom") / "dataset"
     generate_phantom(root, patients=6, visits=2, size=64, seed=1)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures(...)``): on a
+    shared 2-core machine, two OpenMP threads spin and run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

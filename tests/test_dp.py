@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -18,16 +16,10 @@ from synfundus_guard.generation.model import load_model, model_fingerprint
 from synfundus_guard.generation.train import train_model
 from tests.test_train import _KillAfter
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(steps=5, resolution=16, batch_size=4, channels=(16, 32), seed=5, checkpoint_every=2)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads spin and run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _opacus_epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float:

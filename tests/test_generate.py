@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -29,18 +29,12 @@ from synfundus_guard.progress import Progress, ProgressTask
 from synfundus_guard.release.manifest import read_manifest, verify_release
 from synfundus_guard.release.writer import REASONS_NAME
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(steps=2, resolution=32, batch_size=4, channels=(16, 32), seed=2)
 HOLDOUT = 0.72
 LENIENT = Policy(name="test", generation=GenerationPolicy(max_rejection_rate=0.9, min_samples_before_stop=100))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads spin and run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class BrightnessCheck(Check):

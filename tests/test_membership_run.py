@@ -28,18 +28,12 @@ from synfundus_guard.policies.schema import load_policy, parse_policy
 from synfundus_guard.progress import Progress
 from synfundus_guard.release.report import Report
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 PUBLIC = load_policy(POLICIES / "public.yaml")
 FAST = WhiteBoxOptions(attacks=(WhiteBoxAttack.LOSS, WhiteBoxAttack.PIA))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread is many times faster than two fighting for cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,7 @@ from synfundus_guard.errors import InputError
 from synfundus_guard.generation.model import build_unet, load_model, save_model, training_scheduler
 from synfundus_guard.generation.train import train_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread is many times faster than two fighting for cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -22,16 +21,10 @@ from synfundus_guard.generation.model import DEFAULT_MODEL_DIR, load_model, mode
 from synfundus_guard.generation.train import CHECKPOINT, train_model
 from synfundus_guard.progress import Progress, ProgressTask
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(steps=4, resolution=16, batch_size=4, channels=(16, 32), seed=3, checkpoint_every=2)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads spin and run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _patients(folder: Path) -> dict[str, str]:
