@@ -7,12 +7,20 @@ template of the same patient (genuine) and of ``--impostors`` other patients, wi
 uses (rotation views 0/+-6 degrees, each refined over +-4 degrees and scales, translations by FFT). Prints
 verification AUC and equal-error rate, the real photo ``skimage.data.retina()`` against its own transformed
 copies and against phantom patients, and throughput against the band-pass pixel match as baseline.
+
+Then the check's own path (``--index-patients``, 0 to skip): the visit-0 images of the patients are indexed, the
+holdout of other patients calibrates the threshold at the public policy's quantile, and second visits of
+training patients (genuine) and of new patients (impostors) are scored against the whole index: the candidates
+come from the vessel-map search (:mod:`synfundus_guard.audit.vessel_search`) and the best candidate-views are
+refined. The baseline, in the same run, is the path before it: candidates from the memorization embedding,
+every candidate-view refined.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +30,18 @@ from skimage import data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from synfundus_guard.audit.memorization import align_best, retrieve  # noqa: E402
 from synfundus_guard.audit.pixel_match import QuerySketch, make_sketch  # noqa: E402
+from synfundus_guard.audit.runner import prepare_guard  # noqa: E402
+from synfundus_guard.audit.vessels import CANDIDATES, REFINE, vessel_scores  # noqa: E402
+from synfundus_guard.data.folder import write_image_folder  # noqa: E402
 from synfundus_guard.data.fov import resize_image  # noqa: E402
 from synfundus_guard.data.perturb import random_copy  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
+from synfundus_guard.policies import load_policy  # noqa: E402
+from synfundus_guard.policies.shipped import shipped_policy_path  # noqa: E402
+
+from bench.common import table  # noqa: E402
 
 VIEW_ANGLES = (-6.0, 0.0, 6.0)
 
@@ -41,12 +57,59 @@ def eer(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((fpr[i] + fnr[i]) / 2)
 
 
+def visit(seed: int, patient: int, v: int, size: int) -> np.ndarray:
+    return render_visit(PhantomPatient.from_seed(seed, patient), visit=v, size=size, seed=seed)[0]
+
+
+def embedding_candidates(index, images: list[np.ndarray]) -> list[tuple[float, int, dict]]:
+    """The baseline path: candidates from the memorization embedding, all 2k candidate-views refined."""
+    return [align_best(QuerySketch(im, kind="vessel"), r, index.vessels, view_params=index.embedder.view_params,
+                       refine=2 * CANDIDATES) for im, r in zip(images, retrieve(index, images, k=CANDIDATES))]
+
+
+def bench_index_path(args: argparse.Namespace) -> None:
+    n, size, seed = args.index_patients, args.size, args.seed
+    quantile = load_policy(shipped_policy_path("public")).identity.vessels.quantile
+    tmp = Path(tempfile.mkdtemp(prefix="bench-vessels-"))
+    write_image_folder(tmp / "train", [(f"p{p:04d}.png", visit(seed, p, 0, size), f"P{p}-V0", f"P{p}")
+                                       for p in range(n)])
+    write_image_folder(tmp / "holdout", [(f"h{p:04d}_{v}.png", visit(seed + 1000, p, v, size), f"H{p}-V{v}", f"H{p}")
+                                         for p in range(args.holdout_patients) for v in range(2)])
+    guard = prepare_guard(train_dir=tmp / "train", holdout_dir=tmp / "holdout", k=CANDIDATES, cache_dir=tmp / "cache")
+    pid = [r["patient_id"] for r in guard.index.records]
+    genuine = [visit(seed, p, 1, size) for p in range(n)]
+    novel = [visit(seed + 2000, p, 1, size) for p in range(n)]
+    labels = np.r_[np.ones(n), np.zeros(n)]
+    rows = []
+    for name, fn in ((f"vessel-map search, {REFINE} best refined (the check)", lambda ims: vessel_scores(guard.index, ims)),
+                     (f"baseline: embedding candidates, all {2 * CANDIDATES} refined", lambda ims: embedding_candidates(guard.index, ims))):
+        hold = [s for s, _, _ in fn([visit(seed + 1000, p, v, size) for p in range(args.holdout_patients)
+                                      for v in range(2)])]
+        thr = guard.calibration.threshold(np.asarray(hold), quantile)
+        t = time.perf_counter()
+        gen, imp = fn(genuine), fn(novel)
+        ms = 1000 * (time.perf_counter() - t) / (2 * n)
+        g, i = np.array([s for s, _, _ in gen]), np.array([s for s, _, _ in imp])
+        right = np.mean([j >= 0 and pid[j] == f"P{p}" for p, (_, j, _) in enumerate(gen)])
+        rows.append([name, f"{roc_auc_score(labels, np.r_[g, i]):.4f}", f"{eer(labels, np.r_[g, i]):.2%}",
+                     f"{right:.0%}", f"{thr:.3f}", f"{np.mean(g > thr):.0%}", f"{np.mean(i > thr):.1%}", f"{ms:.1f}"])
+    base = float(rows[1][-1])
+    for r in rows:
+        r.append(f"{base / float(r[-1]):.2f}x")
+    table(f"The check's path: {n} training patients ({size}px, visit 0 indexed), second visits of them (genuine) "
+          f"vs of {n} new patients; threshold = holdout quantile {quantile} ({2 * args.holdout_patients} images)",
+          ["candidates", "AUC", "EER", "right patient", "threshold", "genuine flagged", "new flagged", "ms/img",
+           "speed-up"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=100)
     ap.add_argument("--impostors", type=int, default=10)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--index-patients", type=int, default=100)
+    ap.add_argument("--holdout-patients", type=int, default=50)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     n = args.patients
@@ -93,6 +156,8 @@ def main() -> None:
     print(f"  vessel template (build)       {1000 * t_tmpl:.1f}")
     print(f"  vessel match (query+3 views)  {1000 * t_match:.1f}")
     print(f"  band sketch+match (baseline)  {1000 * t_band:.1f}   ratio vessel/band {t_tmpl / max(t_band, 1e-9):.2f}x")
+    if args.index_patients:
+        bench_index_path(args)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,48 @@ def test_real_photo_matches_its_transformed_copy_not_a_phantom():
     other = max(QuerySketch(phantom, kind="vessel").score(template, orientation=oo, angle=a)[0]
                 for oo in (0, 4) for a in (-6, 0, 6))
     assert own > 0.6 > other
+
+
+def test_vessel_search_retrieves_the_patient_at_another_visit(guard):
+    """The candidates come from the vessel-map index: another visit's patient is among them, with the pixel
+    embedding (built to find copies) it mostly is not."""
+    from synfundus_guard.audit.memorization import retrieve
+    from synfundus_guard.audit.vessels import CANDIDATES, vessel_search
+
+    revisits = [render_visit(PhantomPatient.from_seed(SEED, p), visit=1, size=SIZE, seed=SEED)[0] for p in range(20)]
+    pid = [r["patient_id"] for r in guard.index.records]
+    search = vessel_search(guard.index)
+    by_vessels = search.retrieve([QuerySketch(im, kind="vessel").template() for im in revisits], k=3)
+    by_pixels = retrieve(guard.index, revisits, k=3)
+
+    def found(retrievals):
+        return sum(f"P{p}" in {pid[j] for j, _ in r.candidates} for p, r in enumerate(retrievals))
+
+    assert found(by_vessels) >= 18 and found(by_vessels) > found(by_pixels)
+    assert search is vessel_search(guard.index)  # built once per loaded index
+    assert CANDIDATES >= 3
+
+
+@pytest.mark.parametrize("flip,angle", [(False, 0.0), (True, 0.0), (False, 6.0), (True, -12.0)])
+def test_vessel_search_reports_the_view_the_alignment_uses(guard, flip, angle):
+    """The view the descriptor search reports is the orientation and rotation under which QuerySketch aligns
+    the query with the template (the two warp the same way)."""
+    from synfundus_guard.audit.pixel_match import COARSE
+    from synfundus_guard.audit.vessel_search import view_params
+    from synfundus_guard.audit.vessels import vessel_search
+    from synfundus_guard.data.fov import rotate_scale
+
+    j = 7
+    train_img = np.asarray(guard.index.vessels[j], dtype=np.float32)
+    src = render_visit(PhantomPatient.from_seed(SEED, int(guard.index.records[j]["patient_id"][1:])), visit=0,
+                       size=SIZE, seed=SEED)[0]
+    query = src[:, ::-1] if flip else src
+    query = np.clip(rotate_scale(query, angle), 0, 1) if angle else query
+    q = QuerySketch(query, kind="vessel")
+    r = vessel_search(guard.index).retrieve([q.template()], k=1)[0]
+    assert r.candidates[0][0] == j
+    o, a = view_params(r.candidates[0][1][0])
+    best = max(((q.score(train_img, orientation=oo, angle=aa, grid=COARSE)[0], oo, aa)
+                for oo in range(8) for aa in (0.0, -6.0, 6.0, -12.0, 12.0)))
+    assert (o, a) == best[1:]
+    assert (o >= 4) == flip

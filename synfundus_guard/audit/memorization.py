@@ -15,7 +15,7 @@ so "closer than a new patient gets" means "above the threshold".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -57,32 +57,37 @@ class Retrieval:
     candidates: tuple[tuple[int, tuple[int, ...]], ...]
 
 
+def group_views(sims: np.ndarray, idx: np.ndarray, k: int) -> Retrieval:
+    """One image's search results ``(V, k')`` per query view, grouped by training image: the ``k`` closest,
+    each with its best views (best first)."""
+    views: dict[int, list[tuple[float, int]]] = {}
+    for view in range(len(sims)):
+        for s, j in zip(sims[view], idx[view]):
+            if j >= 0:
+                views.setdefault(int(j), []).append((float(s), view))
+    best = {j: sorted(vs, reverse=True)[:VIEWS_PER_CANDIDATE] for j, vs in views.items()}
+    cands = sorted(best, key=lambda j: -best[j][0][0])[:k]
+    return Retrieval(best[cands[0]][0][0] if cands else -1.0,
+                     tuple((j, tuple(view for _, view in best[j])) for j in cands))
+
+
 def retrieve(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[Retrieval]:
     """Embed every view of every image and keep the ``k`` closest training images with their best views."""
     emb = index.embed(images, views=True)  # (n, V, D)
     n, v, d = emb.shape
     sims, idx = index.search(emb.reshape(n * v, d), k)
     sims, idx = sims.reshape(n, v, -1), idx.reshape(n, v, -1)
-    out = []
-    for i in range(n):
-        views: dict[int, list[tuple[float, int]]] = {}
-        for view in range(v):
-            for s, j in zip(sims[i, view], idx[i, view]):
-                if j >= 0:
-                    views.setdefault(int(j), []).append((float(s), view))
-        best = {j: sorted(vs, reverse=True)[:VIEWS_PER_CANDIDATE] for j, vs in views.items()}
-        cands = sorted(best, key=lambda j: -best[j][0][0])[:k]
-        out.append(Retrieval(best[cands[0]][0][0] if cands else -1.0,
-                             tuple((j, tuple(view for _, view in best[j])) for j in cands)))
-    return out
+    return [group_views(sims[i], idx[i], k) for i in range(n)]
 
 
-def align_best(index: GuardIndex, query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
-               refine: int | None = None, extra_views: Sequence[int] = ()) -> tuple[float, int, dict[str, float]]:
+def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
+               view_params: Callable[[int], tuple[int, float | None]], refine: int | None = None,
+               extra_views: Sequence[int] = ()) -> tuple[float, int, dict[str, float]]:
     """Best aligned correlation of ``query`` with the retrieved candidates' ``templates``.
 
     A coarse pass scores every candidate at the views that matched it, plus ``extra_views`` (translation
-    only); the full rotation and scale grid then refines the ``refine`` (default :data:`REFINE`) most promising
+    only; ``view_params`` maps a view to its orientation and rotation, ``None`` when the retrieval cannot tell);
+    the full rotation and scale grid then refines the ``refine`` (default :data:`REFINE`) most promising
     candidate-views.
     """
     refine = REFINE if refine is None else refine
@@ -90,7 +95,7 @@ def align_best(index: GuardIndex, query: QuerySketch, retrieval: Retrieval, temp
     for j, views in retrieval.candidates:
         template = np.asarray(templates[j])
         for view in dict.fromkeys((*views, *extra_views)):
-            orientation, angle = index.embedder.view_params(view)
+            orientation, angle = view_params(view)
             for a in COARSE_ANGLES if angle is None else (angle,):
                 score, t = query.score(template, orientation=orientation, angle=a, grid=COARSE)
                 coarse.append((score, j, orientation, a, t))
@@ -111,7 +116,8 @@ def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int,
     for img, r in zip(images, retrievals):
         # The unrotated view is always tried too: a generator's copies are mostly unrotated, and where the
         # embedding separates the training images poorly (few of them, similar anatomy) its view ranking is noise.
-        score, j, t = align_best(index, QuerySketch(img), r, index.sketches, extra_views=(IDENTITY_VIEW,))
+        score, j, t = align_best(QuerySketch(img), r, index.sketches, view_params=index.embedder.view_params,
+                                 extra_views=(IDENTITY_VIEW,))
         out.append(MemoScore(r.embedding_sim, score, j, t, tuple(c for c, _ in r.candidates)))
     return out
 

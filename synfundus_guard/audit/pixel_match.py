@@ -126,6 +126,10 @@ class QuerySketch:
             self._spectra[key] = spec
         return spec
 
+    def template(self) -> np.ndarray:
+        """The query as :func:`make_sketch` would store it (unwarped), float32."""
+        return np.fft.irfft2(self._spectrum(0, 0.0, 1.0), s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
+
     def score(self, sketch: np.ndarray, *, orientation: int = 0, angle: float = 0.0,
               grid: AlignmentGrid | None = None) -> tuple[float, dict[str, float]]:
         """Best NCC against a training ``sketch`` around the view (``orientation``, ``angle``) and the transform."""

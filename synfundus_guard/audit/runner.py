@@ -168,7 +168,7 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
         if guard is None:
             raise InputError("the policy enables the vessels check: --train and --holdout are required")
         cal = guard.calibration
-        checks.append(VesselCheck(index=guard.index, k=mp.k, threshold=cal.threshold(cal.vessel_scores, vp.quantile),
+        checks.append(VesselCheck(index=guard.index, threshold=cal.threshold(cal.vessel_scores, vp.quantile),
                                   calibration_info={"quantile": vp.quantile, "n_holdout": int(len(cal.vessel_scores))}))
     # Filters that need no training data. Text: any burned-in text flags (structural detector, no OCR engine
     # needed); identifier matching by OCR is available as TextCheck(blocklist=...) where tesseract exists.

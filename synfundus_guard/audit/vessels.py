@@ -1,12 +1,13 @@
 """Retinal vessel biometrics: does an image reproduce a training patient's vessel tree?
 
-The vessel pattern identifies a person even when the image is not a copy (another visit: new pose,
-illumination, lesions). Each image's vessels are enhanced with a multi-scale Frangi filter inside the
-canonical field of view; the template is that vesselness map. Candidate training images come from the FAISS
-index (so the cost is sub-linear in the training set), and each candidate is verified geometrically: the
-query's map is aligned to the candidate's over orientations, rotations, scales and translations (FFT
-correlation) and the best normalised correlation is the match score. The threshold is the policy's quantile
-of holdout (different-patient) match scores.
+The vessel pattern identifies a person even when the image is not a copy (another visit: new pose, illumination,
+lesions). Each image's vessels are enhanced with a multi-scale Frangi filter inside the canonical field of view;
+the template is that vesselness map. Candidate training images come from a FAISS index of coarse vessel maps
+(:mod:`.vessel_search`), so the costly alignment does not grow with the training set, each with the orientation
+and rotation that matched it. Each candidate is then verified geometrically: a translation-only correlation at its
+matched views ranks them, and the ``refine`` best candidate-views are aligned over rotations, scales and
+translations (FFT correlation); the best normalised correlation is the match score. The threshold is the policy's
+quantile of holdout (different-patient) match scores.
 """
 
 from __future__ import annotations
@@ -17,19 +18,34 @@ import numpy as np
 
 from ..index.store import GuardIndex
 from .base import Candidate, Check, Finding
-from .memorization import Retrieval, align_best, retrieve
+from .memorization import align_best
 from .pixel_match import QuerySketch
+from .vessel_search import DESC_VERSION, VesselSearch, view_params
 
 SCORE_KEY = "vessels.match_score"
+CANDIDATES = 10
+"""Training images retrieved per query."""
+REFINE = 3
+"""Candidate-views aligned over the full rotation and scale grid."""
+MATCH_VERSION = f"{DESC_VERSION}:k{CANDIDATES}:r{REFINE}"
+"""Changes whenever the scores would: calibrations cached under another version are recomputed."""
 
 
-def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int,
-                  retrievals: Sequence[Retrieval] | None = None) -> list[tuple[float, int, dict[str, float]]]:
-    """(best vessel-map correlation, training index, transform) per image against its FAISS candidates."""
-    retrievals = retrievals if retrievals is not None else retrieve(index, images, k=k)
-    # Another visit differs in pose, so a translation-only first pass cannot rank candidates: refine them all.
-    return [align_best(index, QuerySketch(img, kind="vessel"), r, index.vessels, refine=2 * len(r.candidates))
-            for img, r in zip(images, retrievals)]
+def vessel_search(index: GuardIndex) -> VesselSearch:
+    """The vessel search index of a training index (built from its stored templates on first use)."""
+    return index.derived(DESC_VERSION, lambda ix: VesselSearch.build(ix.vessels))
+
+
+def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int = CANDIDATES,
+                  refine: int = REFINE) -> list[tuple[float, int, dict[str, float]]]:
+    """(best vessel-map correlation, training index, transform) per image against its retrieved candidates."""
+    search = vessel_search(index)
+    out = []
+    for img in images:
+        query = QuerySketch(img, kind="vessel")
+        retrieval = search.retrieve([query.template()], k=k)[0]
+        out.append(align_best(query, retrieval, index.vessels, view_params=view_params, refine=refine))
+    return out
 
 
 class VesselCheck(Check):
@@ -37,18 +53,17 @@ class VesselCheck(Check):
 
     name = "vessels"
 
-    def __init__(self, *, index: GuardIndex, k: int, threshold: float, calibration_info: dict | None = None):
+    def __init__(self, *, index: GuardIndex, threshold: float, calibration_info: dict | None = None):
         self.index = index
-        self.k = k
         self.threshold = float(threshold)
         self.calibration_info = calibration_info or {}
 
     def fingerprint(self) -> dict:
-        return {"name": self.name, "k": self.k, "threshold": self.threshold, **self.calibration_info}
+        return {"name": self.name, "match": MATCH_VERSION, "threshold": self.threshold, **self.calibration_info}
 
     def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
         findings = []
-        for score, j, transform in vessel_scores(self.index, [c.image for c in batch], k=self.k):
+        for score, j, transform in vessel_scores(self.index, [c.image for c in batch]):
             flagged = score > self.threshold
             rec = self.index.records[j] if j >= 0 else {}
             findings.append(Finding(

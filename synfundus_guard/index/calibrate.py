@@ -3,11 +3,12 @@
 Holdout images (other patients, never trained on) are scored against the training index exactly like release
 images. Their score distributions are the reference: a release image is flagged when it is closer to a
 training image than the policy's quantile of holdout images. Calibration results are cached in the index
-folder, keyed by the holdout set's content fingerprint.
+folder, keyed by the holdout set's content fingerprint and the matchers' versions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..audit.memorization import retrieve, score_images
-from ..audit.vessels import vessel_scores
+from ..audit.memorization import score_images
+from ..audit.vessels import MATCH_VERSION, vessel_scores
 from ..data.folder import ImageRecord
 from ..data.images import load_image
 from ..errors import InputError
@@ -104,7 +105,9 @@ def calibrate(
     shas = hash_records(holdout, progress, "holdout set")
     check_disjoint(index, holdout, shas)
     fp = dataset_fingerprint(shas)
-    cache_path = Path(index.path) / "calibration" / f"{fp[:24]}-k{k}.json"
+    # the vessel-match version is part of the key: scores cached by another matcher are recomputed
+    match = hashlib.sha256(MATCH_VERSION.encode()).hexdigest()[:8]
+    cache_path = Path(index.path) / "calibration" / f"{fp[:24]}-k{k}-v{match}.json"
     if cache_path.is_file():
         try:
             data = json.loads(cache_path.read_text())
@@ -117,11 +120,10 @@ def calibrate(
         for i in range(0, len(holdout), batch_size):
             chunk = holdout[i : i + batch_size]
             images = [load_image(r.path) for r in chunk]
-            retrievals = retrieve(index, images, k=k)
-            scores = score_images(index, images, k=k, retrievals=retrievals)
+            scores = score_images(index, images, k=k)
             emb.extend(s.embedding_sim for s in scores)
             pix.extend(s.pixel_ncc for s in scores)
-            ves.extend(v[0] for v in vessel_scores(index, images, k=k, retrievals=retrievals))
+            ves.extend(v[0] for v in vessel_scores(index, images))
             t.advance(len(chunk))
     atomic_write_json(cache_path, {"embedding_sims": emb, "pixel_nccs": pix, "vessel_scores": ves})
     return Calibration(np.asarray(emb), np.asarray(pix), np.asarray(ves), fp, k)

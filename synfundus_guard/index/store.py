@@ -24,7 +24,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import faiss
 import numpy as np
@@ -122,6 +122,7 @@ class GuardIndex:
     meta: dict
     _memo: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -132,6 +133,13 @@ class GuardIndex:
     def dataset_fingerprint(self) -> str:
         """Fingerprint of the indexed training set."""
         return self.meta["dataset_fingerprint"]
+
+    def derived(self, key: str, build: Callable[["GuardIndex"], Any]) -> Any:
+        """A structure computed from this index on first use and kept (e.g. the vessel search index)."""
+        with self._lock:
+            if key not in self._derived:
+                self._derived[key] = build(self)
+            return self._derived[key]
 
     def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` inner products and indices for each row of ``embeddings`` ``(m, D)``."""
