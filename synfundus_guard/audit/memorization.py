@@ -57,15 +57,16 @@ class Retrieval:
     candidates: tuple[tuple[int, tuple[int, ...]], ...]
 
 
-def group_views(sims: np.ndarray, idx: np.ndarray, k: int) -> Retrieval:
+def group_views(sims: np.ndarray, idx: np.ndarray, k: int,
+                views_per_candidate: int = VIEWS_PER_CANDIDATE) -> Retrieval:
     """One image's search results ``(V, k')`` per query view, grouped by training image: the ``k`` closest,
-    each with its best views (best first)."""
+    each with its best ``views_per_candidate`` views (best first)."""
     views: dict[int, list[tuple[float, int]]] = {}
     for view in range(len(sims)):
         for s, j in zip(sims[view], idx[view]):
             if j >= 0:
                 views.setdefault(int(j), []).append((float(s), view))
-    best = {j: sorted(vs, reverse=True)[:VIEWS_PER_CANDIDATE] for j, vs in views.items()}
+    best = {j: sorted(vs, reverse=True)[:views_per_candidate] for j, vs in views.items()}
     cands = sorted(best, key=lambda j: -best[j][0][0])[:k]
     return Retrieval(best[cands[0]][0][0] if cands else -1.0,
                      tuple((j, tuple(view for _, view in best[j])) for j in cands))

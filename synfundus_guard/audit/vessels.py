@@ -20,14 +20,15 @@ from ..index.store import GuardIndex
 from .base import Candidate, Check, Finding
 from .memorization import align_best
 from .pixel_match import QuerySketch
-from .vessel_search import DESC_VERSION, VesselSearch, view_params
+from .vessel_search import DESC_VERSION, VIEWS, VesselSearch, view_params
 
 SCORE_KEY = "vessels.match_score"
 CANDIDATES = 10
 """Training images retrieved per query."""
 REFINE = 3
-"""Candidate-views aligned over the full rotation and scale grid."""
-MATCH_VERSION = f"{DESC_VERSION}:k{CANDIDATES}:r{REFINE}"
+"""Candidate-views aligned over the full rotation and scale grid (phantom seed 11, 100 patients: refining 3
+gave end-to-end AUC 0.948, all 20 0.948, at 47 vs 100 ms per image)."""
+MATCH_VERSION = f"{DESC_VERSION}:k{CANDIDATES}:v{VIEWS}:r{REFINE}"
 """Changes whenever the scores would: calibrations cached under another version are recomputed."""
 
 
@@ -36,14 +37,14 @@ def vessel_search(index: GuardIndex) -> VesselSearch:
     return index.derived(DESC_VERSION, lambda ix: VesselSearch.build(ix.vessels))
 
 
-def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int = CANDIDATES,
+def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int = CANDIDATES, views: int = VIEWS,
                   refine: int = REFINE) -> list[tuple[float, int, dict[str, float]]]:
     """(best vessel-map correlation, training index, transform) per image against its retrieved candidates."""
     search = vessel_search(index)
     out = []
     for img in images:
         query = QuerySketch(img, kind="vessel")
-        retrieval = search.retrieve([query.template()], k=k)[0]
+        retrieval = search.retrieve([query.template()], k=k, views=views)[0]
         out.append(align_best(query, retrieval, index.vessels, view_params=view_params, refine=refine))
     return out
 
