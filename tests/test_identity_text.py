@@ -7,7 +7,7 @@ import pytest
 from skimage import data as skdata
 
 from synfundus_guard.audit.base import Candidate
-from synfundus_guard.audit.identity import TextCheck, detect_text
+from synfundus_guard.audit.identity import TextCheck, TextOptions, detect_text
 from synfundus_guard.audit.identity import _ocr
 from synfundus_guard.audit.identity.overlays import draw_text, font_names
 from synfundus_guard.data.fov import resize_image
@@ -124,3 +124,31 @@ def test_short_text_outside_the_field_of_view_is_still_flagged(retina512: np.nda
                        colour=(255, 255, 255))
     (finding,) = TextCheck(ocr=False).check_batch([Candidate("a.png", img)])
     assert finding.flagged and finding.scores["text.max_glyphs"] >= 3
+
+
+def _quarter_turned(img: np.ndarray, text: str, *, turns: int, size: int = 16) -> np.ndarray:
+    """``text`` burned in at a quarter turn (``turns`` = 1: reads bottom to top, 3: top to bottom) on the left."""
+    strip, _ = draw_text(np.zeros((size * 2, img.shape[0] - 20, 3), np.float32), text, font="pil-default",
+                         size=size, position="centre", light=True, colour=(255, 255, 255))
+    strip = np.rot90(strip, turns)
+    out = img.copy()
+    out[10:10 + strip.shape[0], 4:4 + strip.shape[1]] = np.maximum(out[10:10 + strip.shape[0], 4:4 + strip.shape[1]],
+                                                                   strip)
+    return out
+
+
+@pytest.mark.parametrize("turns", [1, 3])
+def test_quarter_turned_text_is_found(retina512: np.ndarray, turns: int) -> None:
+    img = _quarter_turned(retina512, "ID 20231114 DOE", turns=turns)
+    rows = detect_text(img)
+    assert any(r.vertical and r.box[0] < 40 for r in rows)
+    assert TextCheck(ocr=False).check_batch([Candidate("a.png", img)])[0].flagged
+    off = TextCheck(ocr=False, options=TextOptions(vertical=False)).check_batch([Candidate("a.png", img)])[0]
+    assert not off.flagged  # found only by the vertical search
+
+
+@pytest.mark.skipif(_ocr.tesseract_path() is None, reason="tesseract not installed (apt-get install -y tesseract-ocr)")
+def test_ocr_reads_a_quarter_turned_identifier(retina512: np.ndarray) -> None:
+    img = _quarter_turned(retina512, "ID 4829163", turns=1, size=20)
+    [hit] = TextCheck(blocklist=["4829163"]).check_batch([Candidate("a.png", img)])
+    assert hit.flagged and hit.scores["text.identifier"] == 1.0

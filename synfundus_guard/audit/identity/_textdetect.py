@@ -10,10 +10,12 @@ relative to their height, not a filled blob, wide ones crossing many strokes, an
 top-hat is cut at half the level -- are chained into rows: similar heights, overlapping vertically, side by
 side with letter-sized gaps.
 
-A row of at least ``min_glyphs`` glyphs, two of them letter-like (neither a thin bar nor a single straight
-stroke), is text. Fundus anatomy fails these tests in known ways: vessels are long curves that grow at half
-the level, and their pieces are bars or straight strokes (parallel trunks at the optic disc); lesions and
-drusen are filled blobs; the optic disc and the field-of-view edge are larger than the top-hat and vanish.
+Rows that run top to bottom (labels printed at a quarter turn) are rows of the transposed masks; they need
+``min_glyphs_vertical`` glyphs. A row of at least ``min_glyphs`` glyphs, two of them letter-like (neither a
+thin bar nor a single straight stroke), is text. Fundus anatomy fails these tests in known ways: vessels are
+long curves that grow at half the level, and their pieces are bars or straight strokes (parallel trunks at the
+optic disc); lesions and drusen are filled blobs; the optic disc and the field-of-view edge are larger than
+the top-hat and vanish.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class TextOptions:
     """A row needs this many glyphs (a word blob counts as the number of strokes it crosses)."""
     max_side: int = 1600
     """Larger images are reduced by an integer factor first (their overlays are drawn larger)."""
+    vertical: bool = True
+    """Also search rows that run top to bottom (text at a quarter turn)..."""
+    min_glyphs_vertical: int = 4
+    """...which need this many glyphs: texture turned sideways (tissue, fabric) mimics short rows more often."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class TextRow:
     """``"light"`` or ``"dark"`` text."""
     channel: int
     level: float
+    vertical: bool = False
+    """The row runs top to bottom (text printed at a quarter turn, as on some scanner and slide labels)."""
 
 
 def noise_sigma(channel: np.ndarray) -> float:
@@ -190,8 +198,12 @@ def detect_text(image: np.ndarray, options: TextOptions = TextOptions()) -> list
             resp = tophat(chan, size=options.footprint)
             floor = options.noise_factor * sigma
             for level in levels:
-                support = _height_image(resp >= max(level / 2, floor))
-                for boxes, count in _rows(_glyph_table(resp >= level, support, options), options.min_glyphs):
-                    bx = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
-                    rows.append(TextRow(tuple(int(v * factor) for v in bx), count, polarity, c, level))
+                mask, support = resp >= level, resp >= max(level / 2, floor)
+                for vertical in (False, True)[: 1 + options.vertical]:  # quarter-turned text: rows of the transpose
+                    m, sup = (mask.T, support.T) if vertical else (mask, support)
+                    need = options.min_glyphs_vertical if vertical else options.min_glyphs
+                    for boxes, count in _rows(_glyph_table(m, _height_image(sup), options), need):
+                        bx = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+                        bx = (bx[1], bx[0], bx[3], bx[2]) if vertical else bx
+                        rows.append(TextRow(tuple(int(v * factor) for v in bx), count, polarity, c, level, vertical))
     return rows

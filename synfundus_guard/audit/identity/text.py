@@ -46,7 +46,7 @@ def merge_rows(rows: Sequence[TextRow]) -> list[TextRow]:
             iw, ih = min(x1, a1) - max(x0, a0), min(y1, b1) - max(y0, b0)
             if iw > 0 and ih > 0 and iw * ih >= 0.3 * min((x1 - x0) * (y1 - y0), (a1 - a0) * (b1 - b0)):
                 box = (min(x0, a0), min(y0, b0), max(x1, a1), max(y1, b1))
-                merged[k] = TextRow(box, m.glyphs, m.polarity, m.channel, m.level)
+                merged[k] = TextRow(box, m.glyphs, m.polarity, m.channel, m.level, m.vertical)
                 break
         else:
             merged.append(row)
@@ -59,12 +59,14 @@ def _inside(row: TextRow, fov: Fov) -> bool:
     return fov.is_disc and np.hypot((x0 + x1) / 2 - fov.cx, (y0 + y1) / 2 - fov.cy) < fov.radius
 
 
-def _crop(image: np.ndarray, row: TextRow) -> np.ndarray:
+def _crops(image: np.ndarray, row: TextRow) -> list[np.ndarray]:
+    """The row's pixels (one channel, padded) upright for OCR: a vertical row is read turned both ways."""
     x0, y0, x1, y1 = row.box
-    pad = max(3, int(0.4 * (y1 - y0)))
+    pad = max(3, int(0.4 * ((x1 - x0) if row.vertical else (y1 - y0))))
     h, w = image.shape[:2]
     chan = image[..., row.channel] if image.ndim == 3 else image
-    return chan[max(0, y0 - pad):min(h, y1 + pad), max(0, x0 - pad):min(w, x1 + pad)]
+    crop = chan[max(0, y0 - pad):min(h, y1 + pad), max(0, x0 - pad):min(w, x1 + pad)]
+    return [np.rot90(crop, -1), np.rot90(crop, 1)] if row.vertical else [crop]
 
 
 class TextCheck(Check):
@@ -90,6 +92,7 @@ class TextCheck(Check):
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, "ocr": self.ocr, "blocklist_entries": len(self.blocklist),
                 "levels": list(self.options.levels), "min_glyphs": self.options.min_glyphs,
+                "vertical": self.options.vertical, "min_glyphs_vertical": self.options.min_glyphs_vertical,
                 "min_glyphs_in_fov": self.min_glyphs_in_fov}
 
     def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
@@ -106,14 +109,14 @@ class TextCheck(Check):
         rows = [r for r in merge_rows(detect_text(image, self.options))
                 if r.glyphs >= self.min_glyphs_in_fov or not _inside(r, fov)]
         scores = {KEY_ROWS: float(len(rows)), KEY_GLYPHS: float(max((r.glyphs for r in rows), default=0))}
-        private: dict[str, Any] = {"rows": [{"box": list(r.box), "glyphs": r.glyphs, "polarity": r.polarity}
-                                            for r in rows]}
+        private: dict[str, Any] = {"rows": [{"box": list(r.box), "glyphs": r.glyphs, "polarity": r.polarity,
+                                             "vertical": r.vertical} for r in rows]}
         reasons = []
         if rows:
             reasons.append(f"burned-in text: {len(rows)} row(s), up to {int(scores[KEY_GLYPHS])} characters")
         if binary is not None:
-            texts = [read_line(_crop(image, r), light=r.polarity == "light", binary=binary)
-                     for r in rows[: self.max_ocr_rows]]
+            texts = [read_line(crop, light=r.polarity == "light", binary=binary)
+                     for r in rows[: self.max_ocr_rows] for crop in _crops(image, r)]
             hit = next((m for m in (match_identifier(t, self.blocklist) for t in texts) if m), None)
             scores[KEY_IDENTIFIER] = float(hit is not None)
             private["ocr"] = texts
