@@ -100,3 +100,20 @@ def test_vessel_search_reports_the_view_the_alignment_uses(guard, flip, angle):
                 for oo in range(8) for aa in (0.0, -6.0, 6.0, -12.0, 12.0)))
     assert (o, a) == best[1:]
     assert (o >= 4) == flip
+
+
+def test_vesselness_equals_scikit_image_frangi():
+    """The shorter-kernel Frangi gives scikit-image's result (stored templates stay valid) on real and phantom
+    maps."""
+    from skimage.filters import frangi
+
+    from synfundus_guard.audit._frangi import frangi_dark
+    from synfundus_guard.audit.pixel_match import _equalised
+
+    retina = resize_image(skdata.retina().astype(np.float32) / 255.0, 256, 256)
+    phantom = render_visit(PhantomPatient.from_seed(3, 1), visit=0, size=256, seed=3)[0]
+    for img in (retina, phantom):
+        eq, _ = _equalised(img)
+        ours, ref = frangi_dark(eq, (1.0, 1.5, 2.0)), frangi(eq, sigmas=(1.0, 1.5, 2.0), black_ridges=True)
+        assert ours.dtype == ref.dtype and ref.max() > 0.5
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)

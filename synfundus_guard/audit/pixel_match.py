@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import frangi
 
 from ..data.fov import canonical_crop, detect_fov, disc_mask, orient, rotate_scale
 from ..embed.pixel import _rank_equalise
+from ._frangi import frangi_dark
 
 SKETCH_SIDE = 96
 SKETCH_VERSION = f"sketch-v4:{SKETCH_SIDE}"
@@ -81,7 +81,7 @@ def _band_spectrum(eq: np.ndarray, is_disc: bool) -> np.ndarray:
 
 def vesselness(eq: np.ndarray) -> np.ndarray:
     """Multi-scale Frangi response to dark ridges (vessels) of an equalised canonical image, in [0, ~1]."""
-    v = frangi(eq, sigmas=(1.0, 1.5, 2.0), black_ridges=True)
+    v = frangi_dark(eq, (1.0, 1.5, 2.0))  # = skimage.filters.frangi(eq, (1, 1.5, 2), black_ridges=True)
     return np.sqrt(v / (np.percentile(v, 99.5) + 1e-12)).astype(np.float32)
 
 
