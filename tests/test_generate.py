@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Sequence
@@ -222,6 +223,26 @@ def test_guarded_release_routes_passing_and_failing(model_dir: Path, median_thre
     with pytest.raises(InputError, match="different release"):
         generate_release(model_dir=model_dir, n=5, out_dir=out, quarantine_dir=quarantine,
                          checks=[BrightnessCheck(median_threshold)], policy=LENIENT, seed=2, batch_size=4, steps=3)
+
+
+def test_checks_in_turn_or_beside_sampling_give_the_same_release(model_dir: Path, median_threshold: float,
+                                                                  tmp_path: Path, monkeypatch) -> None:
+    """Where sampling takes every core the batches are checked in turn, elsewhere on a worker thread: same
+    release either way."""
+    from synfundus_guard.generation import sampler
+
+    kw = dict(model_dir=model_dir, n=5, checks=[BrightnessCheck(median_threshold)], policy=LENIENT, seed=1,
+              batch_size=4, steps=3)
+    roots, drawn = [], []
+    for overlap in (True, False):
+        monkeypatch.setattr(sampler, "sampling_leaves_cpu_free", lambda model, overlap=overlap: overlap)
+        res = generate_release(out_dir=tmp_path / f"overlap-{overlap}", **kw)
+        roots.append(read_manifest(tmp_path / f"overlap-{overlap}")["root_sha256"])
+        drawn.append(res.drawn)
+    assert roots[0] == roots[1] and drawn[0] == drawn[1]
+    monkeypatch.undo()
+    model = load_model(model_dir)
+    assert sampler.sampling_leaves_cpu_free(model) == ((os.cpu_count() or 1) > torch.get_num_threads())
 
 
 class _StopAfterBatches(Progress):

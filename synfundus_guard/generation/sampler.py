@@ -152,40 +152,61 @@ def _route(judged: Sequence[_Judged], room: int, fingerprint: str) -> tuple[list
     return accepted, rejected, why
 
 
+def sampling_leaves_cpu_free(model: LoadedModel) -> bool:
+    """Whether checks on a worker thread can run beside sampling: the model samples on an accelerator, or the
+    machine has more cores than torch's intra-op threads."""
+    import os
+
+    import torch
+
+    on_cpu = next(model.unet.parameters()).device.type == "cpu"
+    return not on_cpu or (os.cpu_count() or 1) > torch.get_num_threads()
+
+
 class _Pipeline:
-    """Samples batch k+1 on the calling thread while a worker thread checks batch k.
+    """Samples batch k+1 on the calling thread while a worker thread checks batch k, where that can help.
 
     Checks are pure functions of the images, so overlapping them with sampling changes nothing in what is
-    committed; it hides the checks' wall time behind sampling on a multi-core machine. A batch is sampled
-    ahead only while the batches in flight cannot already complete the release, so a short run samples
-    nothing it does not need.
+    committed; it hides the checks' wall time behind sampling when sampling leaves the CPU room (a GPU, or
+    more cores than torch's threads). Where torch's threads already take every core, the two only contend:
+    on 2 cores (``bench/bench_generation.py``) the identity filters cost 1.52-1.55x overlapped against
+    1.37-1.44x in turn, so there batches are checked in turn. A batch is sampled ahead only while overlapping
+    and while the batches in flight cannot already complete the release, so a short run samples nothing it
+    does not need.
     """
 
     def __init__(self, *, model: LoadedModel, seed: int, matching: Any, steps: int, batch_size: int,
                  checks: Sequence[Check], policy: Policy, start: int):
         self.model, self.seed, self.matching, self.steps, self.batch_size = model, seed, matching, steps, batch_size
         self.checks, self.policy, self.next_index = checks, policy, start
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-checks")
+        self.overlap = sampling_leaves_cpu_free(model)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-checks") if self.overlap else None
         self.in_flight: deque[tuple[int, Future]] = deque()
 
     def _submit(self) -> None:
         indices = list(range(self.next_index, self.next_index + self.batch_size))
         samples = sample_batch(self.model, indices, seed=self.seed, matching=self.matching, steps=self.steps)
-        self.in_flight.append((indices[-1] + 1, self.pool.submit(_judge, samples, self.checks, self.policy)))
+        if self.pool is not None:
+            future = self.pool.submit(_judge, samples, self.checks, self.policy)
+        else:
+            future = Future()
+            future.set_result(_judge(samples, self.checks, self.policy))
+        self.in_flight.append((indices[-1] + 1, future))
         self.next_index = indices[-1] + 1
 
     def next_batch(self, missing: int) -> tuple[list[_Judged], int]:
         """The next checked batch and the sample index after it; ``missing`` = images still to accept."""
         if not self.in_flight:
             self._submit()
-        if len(self.in_flight) * self.batch_size < missing:
+        if self.overlap and len(self.in_flight) * self.batch_size < missing:
             self._submit()  # sampled now, checked while the next call samples
         end, future = self.in_flight.popleft()
         return future.result(), end
 
     def close(self) -> None:
         """Drop batches sampled ahead (never committed) without waiting for their checks."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _materialize(checks: ChecksOrFactory, progress: Progress) -> list[Check]:
