@@ -26,8 +26,8 @@ more often: of 23 scikit-image photographs without a face, ``rocket``, ``coins``
 ``stereo_motorcycle`` are flagged (HOG logits 2.6-3.5; the earlier weights at ``min_hog`` 4.0 flagged only
 ``page`` of the 11 of them tried), all five among the photographs whose windows trained the classifier as
 negatives: a linear model does not push every window of them below a threshold set on fundus images. A release
-of other modalities (X-ray, skin, histology) should tune ``min_hog`` on its own clean images; a false positive
-costs an image, never a leak.
+of other modalities (X-ray, skin, histology) should tune ``min_hog`` on its own clean images
+(``FaceCheck(options=FaceOptions(min_hog=...))``); a false positive costs an image, never a leak.
 
 Faces smaller than ``min_fraction`` carry little identity; above ``max_fraction`` a window would cover the
 whole fundus disc, which the cascade mistakes for a face.
