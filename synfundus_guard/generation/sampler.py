@@ -160,7 +160,8 @@ def sampling_leaves_cpu_free(model: LoadedModel) -> bool:
     import torch
 
     on_cpu = next(model.unet.parameters()).device.type == "cpu"
-    return not on_cpu or (os.cpu_count() or 1) > torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return not on_cpu or cores > torch.get_num_threads()
 
 
 class _Pipeline:
