@@ -109,12 +109,10 @@ def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, 
     return best_score, best_j, best_t
 
 
-def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int,
-                 retrievals: Sequence[Retrieval] | None = None) -> list[MemoScore]:
+def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[MemoScore]:
     """Score images against the training index (both stages)."""
-    retrievals = retrievals if retrievals is not None else retrieve(index, images, k=k)
     out = []
-    for img, r in zip(images, retrievals):
+    for img, r in zip(images, retrieve(index, images, k=k)):
         # The unrotated view is always tried too: a generator's copies are mostly unrotated, and where the
         # embedding separates the training images poorly (few of them, similar anatomy) its view ranking is noise.
         score, j, t = align_best(QuerySketch(img), r, index.sketches, view_params=index.embedder.view_params,

@@ -17,11 +17,9 @@ The folder is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -99,16 +97,6 @@ def compute_features(
             t.advance(len(recs))
 
 
-QUERY_MEMO = 256
-"""Images whose query embeddings a loaded index keeps: the checks of one batch (memorization, vessels) embed
-the same images, and embedding every view is the largest part of their retrieval."""
-
-
-def _image_key(image: np.ndarray, views: bool) -> tuple:
-    arr = np.ascontiguousarray(image)
-    return (arr.shape, arr.dtype.str, views, hashlib.blake2b(arr.tobytes(), digest_size=16).digest())
-
-
 @dataclass
 class GuardIndex:
     """A loaded index: search embeddings, fetch sketches and (private) records."""
@@ -120,7 +108,6 @@ class GuardIndex:
     vessels: np.ndarray
     records: list[dict]
     meta: dict
-    _memo: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -148,27 +135,8 @@ class GuardIndex:
         return sims, idx
 
     def embed(self, images: Sequence[np.ndarray], *, views: bool = True) -> np.ndarray:
-        """Projected embeddings of images: ``(n, V, D)`` with views, else ``(n, D)``.
-
-        The last :data:`QUERY_MEMO` images' embeddings are kept (keyed by their pixels), so checks that
-        retrieve candidates for the same batch embed it once.
-        """
-        keys = [_image_key(im, views) for im in images]
-        with self._lock:
-            known = {k: self._memo[k] for k in keys if k in self._memo}
-        todo = list(dict.fromkeys(k for k in keys if k not in known))
-        if todo:
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            new = self.embedder.project(self.embedder.features([images[first[k]] for k in todo], views=views))
-            known.update(zip(todo, new))
-            with self._lock:
-                for k in todo:
-                    self._memo[k] = known[k]
-                while len(self._memo) > QUERY_MEMO:
-                    self._memo.popitem(last=False)
-        if not keys:
-            return self.embedder.project(self.embedder.features([], views=views))
-        return np.stack([known[k] for k in keys])
+        """Projected embeddings of images: ``(n, V, D)`` with views, else ``(n, D)``."""
+        return self.embedder.project(self.embedder.features(images, views=views))
 
 
 def _make_faiss(dim: int, kind: str) -> faiss.Index:
