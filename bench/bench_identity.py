@@ -25,6 +25,7 @@ import argparse
 import io
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,10 @@ def face_scores(backgrounds: list[np.ndarray], faces: np.ndarray, rng: np.random
 
 
 def flagged(s: np.ndarray, min_votes: float, min_hog: float, min_sum: float = np.inf) -> np.ndarray:
-    """The check's rule (faces.flagged_by) on score rows (votes, logit); ``min_sum=inf``: each detector alone."""
-    return (s[:, 0] >= min_votes) | (s[:, 1] >= min_hog) | (s[:, 0] / min_votes + s[:, 1] / min_hog >= min_sum)
+    """The check's own rule (:func:`faces.flagged_by`) on score rows (votes, logit) at these thresholds;
+    ``min_sum=inf``: each detector alone."""
+    opts = replace(face_mod.FaceOptions(), min_votes=min_votes, min_hog=min_hog, min_sum=min_sum)
+    return np.array([bool(face_mod.flagged_by(v, h, opts)) for v, h in s], dtype=bool)
 
 
 def bench_faces(args: argparse.Namespace) -> None:
