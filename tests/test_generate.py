@@ -25,7 +25,7 @@ from synfundus_guard.generation.sample import image_seed, sample_batch, sample_i
 from synfundus_guard.generation.sampler import (GenerateStatus, default_quarantine_dir, dp_problems, file_name_for,
                                                 generate_release)
 from synfundus_guard.generation.train import train_model
-from synfundus_guard.policies.schema import GenerationPolicy, Policy
+from synfundus_guard.policies.schema import FilterPolicy, GenerationPolicy, IdentityPolicy, Policy
 from synfundus_guard.progress import Progress, ProgressTask
 from synfundus_guard.release.manifest import read_manifest, verify_release
 from synfundus_guard.release.writer import REASONS_NAME
@@ -34,7 +34,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = dict(steps=2, resolution=32, batch_size=4, channels=(16, 32), seed=2)
 HOLDOUT = 0.72
-LENIENT = Policy(name="test", generation=GenerationPolicy(max_rejection_rate=0.9, min_samples_before_stop=100))
+_OFF = FilterPolicy(enabled=False)
+MEMO_ONLY = IdentityPolicy(vessels=_OFF, text=_OFF, faces=_OFF, metadata=_OFF)
+"""Routing tests plug one real check named ``memorization`` in; the policy must enable only that one, or the
+sampler refuses to release samples that the other enabled checks never saw."""
+LENIENT = Policy(name="test", identity=MEMO_ONLY,
+                 generation=GenerationPolicy(max_rejection_rate=0.9, min_samples_before_stop=100))
 
 
 
@@ -279,7 +284,8 @@ def test_interrupted_release_resumes_to_the_same_result(model_dir: Path, median_
 
 
 def test_rejection_rate_stops_without_a_release(model_dir: Path, tmp_path: Path) -> None:
-    strict = Policy(name="strict", generation=GenerationPolicy(max_rejection_rate=0.5, min_samples_before_stop=4))
+    strict = Policy(name="strict", identity=MEMO_ONLY,
+                    generation=GenerationPolicy(max_rejection_rate=0.5, min_samples_before_stop=4))
     res = generate_release(model_dir=model_dir, n=50, out_dir=tmp_path / "r", checks=[BrightnessCheck(-1.0)],
                            policy=strict, seed=0, batch_size=4, steps=2)
     assert res.status is GenerateStatus.REJECTION_RATE_EXCEEDED and not res.status.passed
@@ -457,3 +463,16 @@ def test_memorizing_model_copies_unguarded_but_guarded_release_has_none(tmp_path
         assert any(r.startswith("memorization: near-copy") for r in row["reasons"]), row["reasons"]
         assert (quarantine / file_name_for(i)).is_file() and not (out / file_name_for(i)).exists()
     assert result.rejected >= len(copies) and result.reasons.get("memorization", 0) >= 1
+
+
+@pytest.mark.parametrize("checks", [[], "memorization only"])
+def test_sampler_refuses_when_an_enabled_check_is_not_set_up(model_dir: Path, median_threshold: float,
+                                                             tmp_path: Path, checks: object) -> None:
+    """Fail closed like an audit: a policy that enables five checks cannot release samples screened by fewer,
+    and the refusal leaves no folder behind."""
+    built = [] if checks == [] else [BrightnessCheck(median_threshold)]
+    every = Policy(name="all-checks", generation=GenerationPolicy(max_rejection_rate=0.9))
+    out = tmp_path / "release"
+    with pytest.raises(InputError, match="vessels, text, faces, metadata check"):
+        generate_release(model_dir=model_dir, n=2, out_dir=out, checks=built, policy=every, seed=0, steps=2)
+    assert not out.exists()

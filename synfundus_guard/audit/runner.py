@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..data.folder import ImageRecord, scan_folder
-from ..data.images import list_images, load_image
+from ..data.images import decode_image, list_images
 from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
 from ..embed.registry import DEFAULT_SPEC, embedder_from_spec
 from ..errors import IndexMismatchError, InputError
+from ..fsutil import sha256_bytes
 from ..index.calibrate import Calibration, calibrate
-from ..index.store import INDEX_VERSION, GuardIndex, build_index, dataset_fingerprint, hash_records, load_index
+from ..index.store import (INDEX_VERSION, GuardIndex, build_index, dataset_fingerprint, hash_records,
+                           identity_fingerprint, is_index_folder, load_index)
 from ..policies.evaluate import ReleaseVerdict, evaluate_release, image_result
 from ..policies.schema import Policy
 from ..progress import NULL_PROGRESS, Progress
@@ -84,19 +86,17 @@ def prepare_guard(
             raise InputError("a holdout set is required")
         holdout_records = scan_folder(holdout_dir)
     shas = hash_records(train_records, progress, "training set")
-    data_fp = dataset_fingerprint(shas)
+    data_fp, who_fp = dataset_fingerprint(shas), identity_fingerprint(train_records, shas)
     if index_dir is None:
-        from ..fsutil import sha256_bytes
-
+        # keyed by names and patient ids too: the same bytes under other ids are another training set
         key = sha256_bytes(emb.feature_fingerprint().encode())[:8]
-        index_dir = cache_dir / "index" / f"{data_fp[:16]}-{key}-{INDEX_VERSION}"
+        index_dir = cache_dir / "index" / f"{who_fp[:16]}-{key}-{INDEX_VERSION}"
     index_dir = Path(index_dir)
     cache = ArrayCache(cache_dir / "features.sqlite")
     try:
-        if (index_dir / "meta.json").is_file():
+        if is_index_folder(index_dir):
             index = load_index(index_dir, emb)
-            if index.dataset_fingerprint != data_fp:
-                raise IndexMismatchError(f"index {index_dir} was built from a different training set")
+            _check_same_training_set(index, data_fp, who_fp)
         else:
             index = build_index(records=train_records, out_dir=index_dir, embedder=emb, cache=cache,
                                 batch_size=batch_size, progress=progress)
@@ -104,6 +104,17 @@ def prepare_guard(
     finally:
         cache.close()
     return Guard(index=index, calibration=cal)
+
+
+def _check_same_training_set(index: GuardIndex, data_fp: str, who_fp: str) -> None:
+    """Refuse an index of other images, or of the same images under other names or patient ids."""
+    if index.dataset_fingerprint != data_fp:
+        raise IndexMismatchError(f"index {index.path} was built from a different training set")
+    built_for = index.meta.get("identity_fingerprint") or identity_fingerprint(
+        index.records, [r["sha256"] for r in index.records])
+    if built_for != who_fp:
+        raise IndexMismatchError(f"index {index.path} was built from the same images under other file names or "
+                                 "patient ids; use another --index folder")
 
 
 def build_checks_for_model(
@@ -195,6 +206,20 @@ def _check_paths(release_dir: Path, out_dir: Path) -> None:
         raise InputError(f"--out {out_dir} is inside the release: private evidence must never enter a release")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_report_folder(out):
+        raise InputError(f"--out {out_dir} is not empty and holds no guard report; use a new or empty folder "
+                         "(an audit never overwrites files it did not write)")
+
+
+def _is_report_folder(folder: Path) -> bool:
+    """True when ``folder`` holds a report an audit wrote (its ``report.json`` has the report schema)."""
+    from ..release.report import SCHEMA
+    from ..safeload import read_json
+
+    try:
+        return read_json(folder / "report.json", expect=dict).get("schema") == SCHEMA
+    except (OSError, InputError):
+        return False
 
 
 def check_images(
@@ -204,20 +229,36 @@ def check_images(
     *,
     batch_size: int,
     progress: Progress,
+    checked: dict[str, str] | None = None,
 ) -> tuple[list[ImageResult], dict[str, Any]]:
-    """Run checks on every image of ``release_dir``; returns public results and private evidence."""
+    """Run checks on every image of ``release_dir``; returns public results and private evidence.
+
+    ``checked``, when given, receives the sha256 of the bytes each image was checked from, so the seal can
+    prove it covers exactly what was checked.
+    """
     rels = list_images(release_dir)
     results: list[ImageResult] = []
     private: dict[str, Any] = {}
     with progress.task("Checking release", total=len(rels)) as t:
         for i in range(0, len(rels), batch_size):
-            chunk = rels[i : i + batch_size]
-            batch = [Candidate(r.as_posix(), load_image(release_dir / r), release_dir / r) for r in chunk]
+            batch = [_candidate(release_dir, r, checked) for r in rels[i : i + batch_size]]
             for cand, findings in zip(batch, run_checks(checks, batch)):
                 results.append(image_result(cand.file_name, findings, policy))
                 private[cand.file_name] = {f.check: f.private for f in findings if f.private}
-            t.advance(len(chunk))
+            t.advance(len(batch))
     return results, private
+
+
+def _candidate(release_dir: Path, rel: Path, checked: dict[str, str] | None) -> Candidate:
+    """Read one release file once: its bytes are decoded for the checks and hashed for the seal."""
+    path = release_dir / rel
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if checked is not None:
+        checked[rel.as_posix()] = sha256_bytes(data)
+    return Candidate(rel.as_posix(), decode_image(data, str(path)), path)
 
 
 def summarize(results: Sequence[ImageResult]) -> dict[str, Any]:
@@ -265,7 +306,9 @@ def audit_release(
         embedder=guard.index.embedder if guard else embedder, cache_dir=cache_dir or default_cache_dir(),
         progress=progress)
     checks = build_checks(policy=policy, guard=guard, progress=progress)
-    results, private = check_images(checks, release_dir, policy, batch_size=batch_size, progress=progress)
+    checked: dict[str, str] = {}
+    results, private = check_images(checks, release_dir, policy, batch_size=batch_size, progress=progress,
+                                    checked=checked)
     report = Report(
         policy=policy.fingerprint(),
         embedder=guard.index.embedder.describe() if guard else {},
@@ -280,11 +323,34 @@ def audit_release(
     verdict = evaluate_release(report, policy)
     report.verdict = verdict.verdict
     report.violations = list(verdict.violations)
-    if write_release_manifest:
-        from ..release.manifest import write_manifest
-
-        entries = {r.file_name: {"verdict": r.verdict, "scores": r.scores} for r in results}
-        fingerprints = {"policy": policy.fingerprint(), "embedder": report.embedder, "audit_verdict": verdict.verdict}
-        write_manifest(release_dir, entries=entries, fingerprints=fingerprints, progress=progress)
+    # Seal last: the manifest is built (every image hashed, every path checked) before anything is written,
+    # the report is written next, and the release is sealed only once the report is safely on disk. Any failure
+    # before that leaves the release exactly as it was.
+    manifest = _release_manifest(release_dir, results, policy, report, progress) if write_release_manifest else None
+    if manifest is not None:
+        _check_unchanged(manifest, checked)
     path = write_report(report, out_dir, private={"images": private})
+    if manifest is not None:
+        from ..release.manifest import save_manifest
+
+        save_manifest(release_dir, manifest)
     return AuditResult(report=report, verdict=verdict, report_path=path)
+
+
+def _check_unchanged(manifest: dict[str, Any], checked: dict[str, str]) -> None:
+    """Refuse to seal when the release changed while it was being checked (a seal must cover what was checked)."""
+    sealed = {f["file_name"]: f["sha256"] for f in manifest["files"]}
+    if sealed != checked:
+        changed = sorted(set(sealed) ^ set(checked) | {n for n in sealed.keys() & checked if sealed[n] != checked[n]})
+        raise InputError(f"the release changed during the audit ({len(changed)} file(s), e.g. {changed[0]!r}); "
+                         "nothing was written, run the audit again")
+
+
+def _release_manifest(release_dir: Path, results: Sequence[ImageResult], policy: Policy, report: Report,
+                      progress: Progress) -> dict[str, Any]:
+    """The release's manifest with the audit's per-image verdicts and scores (built, not yet written)."""
+    from ..release.manifest import build_manifest
+
+    entries = {r.file_name: {"verdict": r.verdict, "scores": r.scores} for r in results}
+    fingerprints = {"policy": policy.fingerprint(), "embedder": report.embedder, "audit_verdict": report.verdict}
+    return build_manifest(release_dir, entries=entries, fingerprints=fingerprints, progress=progress)

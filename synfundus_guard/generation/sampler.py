@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import shutil
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 from ..audit.base import Candidate, Check, run_checks
 from ..data.images import encode_png
 from ..errors import InputError
-from ..policies.evaluate import image_result
+from ..policies.evaluate import IMAGE_CHECKS, action_for, image_result
 from ..policies.schema import GenerationPolicy, Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..release.report import ImageResult
@@ -210,8 +211,14 @@ class _Pipeline:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _materialize(checks: ChecksOrFactory, progress: Progress) -> list[Check]:
+def _materialize(checks: ChecksOrFactory, policy: Policy, progress: Progress) -> list[Check]:
+    """Build the checks and refuse to sample when one the policy enables is missing (fail closed, as audits do)."""
     built = list(checks() if callable(checks) else checks)
+    names = {c.name for c in built}
+    missing = [name for name in IMAGE_CHECKS if action_for(policy, name) is not None and name not in names]
+    if missing:
+        raise InputError(f"the policy {policy.name!r} enables the {', '.join(missing)} check(s) but they were not "
+                         "set up; refusing to release unscreened samples (disable them in the policy to opt out)")
     if not built:
         progress.log("warning: no per-image checks are configured; samples are not screened for leaks")
     return built
@@ -273,10 +280,17 @@ def generate_release(*, model_dir: Path | None, n: int, out_dir: Path, quarantin
     t0 = time.perf_counter()
     why: Counter = Counter()
     manifest = None
+    fresh = not out_dir.exists()
     with ReleaseWriter(out_dir, quarantine_dir, run_config=run_config, progress=progress) as writer:
         state = writer.state
         start = state.next_index
-        active = _materialize(checks, progress) if not state.finalized else []
+        try:
+            active = _materialize(checks, policy, progress) if not state.finalized else []
+        except BaseException:
+            if fresh and state.batches == 0:  # the folder is ours and holds nothing yet: leave no trace
+                writer.close()
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         pipe = _Pipeline(model=model, seed=seed, matching=matching, steps=steps, batch_size=batch_size,
                          checks=active, policy=policy, start=start)
         try:

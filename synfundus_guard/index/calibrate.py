@@ -9,7 +9,6 @@ folder, keyed by the holdout set's content fingerprint and the matchers' version
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ from ..data.images import load_image
 from ..errors import InputError
 from ..fsutil import atomic_write_json
 from ..progress import NULL_PROGRESS, Progress
+from ..safeload import read_json
 from .store import GuardIndex, dataset_fingerprint, hash_records
 
 MIN_HOLDOUT = 20
@@ -110,10 +110,12 @@ def calibrate(
     cache_path = Path(index.path) / "calibration" / f"{fp[:24]}-k{k}-v{match}.json"
     if cache_path.is_file():
         try:
-            data = json.loads(cache_path.read_text())
-            return Calibration(np.asarray(data["embedding_sims"]), np.asarray(data["pixel_nccs"]),
-                               np.asarray(data["vessel_scores"]), fp, k)
-        except (OSError, ValueError, KeyError):
+            data = read_json(cache_path, expect=dict)
+            arrays = [np.asarray(data[key], dtype=np.float64) for key in ("embedding_sims", "pixel_nccs",
+                                                                           "vessel_scores")]
+            if all(a.shape == (len(holdout),) and np.isfinite(a).all() for a in arrays):
+                return Calibration(*arrays, fp, k)
+        except (OSError, ValueError, KeyError, TypeError, InputError):
             pass  # recompute a damaged cache entry
     emb, pix, ves = [], [], []
     with progress.task("Calibrating on holdout", total=len(holdout)) as t:
@@ -125,5 +127,6 @@ def calibrate(
             pix.extend(s.pixel_ncc for s in scores)
             ves.extend(v[0] for v in vessel_scores(index, images))
             t.advance(len(chunk))
-    atomic_write_json(cache_path, {"embedding_sims": emb, "pixel_nccs": pix, "vessel_scores": ves})
+    cache_path.parent.mkdir(mode=0o700, exist_ok=True)
+    atomic_write_json(cache_path, {"embedding_sims": emb, "pixel_nccs": pix, "vessel_scores": ves}, private=True)
     return Calibration(np.asarray(emb), np.asarray(pix), np.asarray(ves), fp, k)

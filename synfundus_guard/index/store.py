@@ -12,12 +12,16 @@ An index folder is *private* (it names training files) and holds:
   embedder (:class:`~synfundus_guard.errors.IndexMismatchError`).
 
 Building streams images in batches (never all in memory) and caches per-image features by content hash.
-The folder is written under a temporary name and renamed when complete.
+The folder is written under a temporary name (``NAME.building``, marked as ours by :data:`BUILDING_MARKER`)
+and renamed when complete. The builder never deletes a folder it did not make: an existing ``out_dir`` is
+replaced only when it is a guard index (its ``meta.json`` carries an ``INDEX_VERSION``-style version) or empty;
+anything else is refused. Index folders are private: 0700, their files 0600.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -35,8 +39,11 @@ from ..embed.cache import ArrayCache
 from ..errors import IndexMismatchError, InputError
 from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
 from ..progress import NULL_PROGRESS, Progress
+from ..safeload import read_json
 
 INDEX_VERSION = "guard-index-v2"
+BUILDING_MARKER = ".guard-index-building"
+"""Written first into a folder being built; only a folder holding it is ever removed as a leftover build."""
 _PCA_SAMPLE = 20_000
 """At most this many training images fit the embedder's projection (a random sample beyond that)."""
 
@@ -44,6 +51,45 @@ _PCA_SAMPLE = 20_000
 def dataset_fingerprint(shas: Sequence[str]) -> str:
     """Order-independent fingerprint of a set of images (by content)."""
     return sha256_bytes("\n".join(sorted(shas)).encode())
+
+
+def identity_fingerprint(records: Sequence[ImageRecord | dict], shas: Sequence[str]) -> str:
+    """Fingerprint of who is in a set: file name, image id, patient id and content of every image.
+
+    Two folders with the same bytes but other names or patient ids get different fingerprints, so they never
+    share a cached index (its ``records.json`` would name the other folder's patients).
+    """
+    def row(r: ImageRecord | dict, sha: str) -> str:
+        get = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
+        return json.dumps([get("file_name"), get("image_id"), get("patient_id"), sha], ensure_ascii=True)
+
+    return sha256_bytes("\n".join(sorted(row(r, h) for r, h in zip(records, shas))).encode())
+
+
+def is_index_folder(path: Path) -> bool:
+    """True when ``path`` holds a guard index (any version): its ``meta.json`` names a guard index version."""
+    try:
+        meta = read_json(Path(path) / "meta.json", expect=dict, max_bytes=1 << 20)
+    except (OSError, InputError):
+        return False
+    return str(meta.get("version", "")).startswith("guard-index-")
+
+
+def _refuse_foreign(path: Path, what: str) -> None:
+    """Refuse to replace a folder the toolkit did not make (anything but an index or an empty folder)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise InputError(f"{what} {path} exists and is not a folder; choose another path")
+    if path.is_dir() and any(path.iterdir()) and not is_index_folder(path):
+        raise InputError(f"{what} {path} exists and is not a guard index; refusing to replace it "
+                         "(choose an empty or new folder)")
+
+
+def make_private_tree(root: Path) -> None:
+    """chmod a folder tree the toolkit wrote to owner-only: folders 0700, files 0600."""
+    for dirpath, _dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o700)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o600)
 
 
 def hash_records(records: Sequence[ImageRecord], progress: Progress = NULL_PROGRESS, what: str = "images") -> list[str]:
@@ -174,19 +220,33 @@ def build_index(
     if len(set(shas)) < len(shas):
         progress.log("note: the training set holds byte-identical duplicate images")
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _refuse_foreign(out_dir, "index folder")
+    tmp = _fresh_build_dir(out_dir)
     try:
         _write_index_files(tmp, records, shas, embedder=embedder, cache=cache, kind=kind, batch_size=batch_size,
                            seed=seed, progress=progress)
+        (tmp / BUILDING_MARKER).unlink()
+        make_private_tree(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-built index behind
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-built index behind (the folder is ours)
         raise
+    _refuse_foreign(out_dir, "index folder")  # re-check: it may have been filled while we were building
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return load_index(out_dir, embedder)
+
+
+def _fresh_build_dir(out_dir: Path) -> Path:
+    """Make ``OUT.building`` (0700, marked as ours); a leftover build of ours is removed, anything else refused."""
+    tmp = out_dir.with_name(out_dir.name + ".building")
+    if tmp.is_symlink() or (tmp.exists() and not (tmp / BUILDING_MARKER).is_file()):
+        raise InputError(f"{tmp} exists and was not made by guard; move it away to build the index {out_dir}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(mode=0o700)
+    (tmp / BUILDING_MARKER).write_bytes(b"")
+    return tmp
 
 
 def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence[str], *, embedder: Embedder,
@@ -222,7 +282,7 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
         {"file_name": r.file_name, "image_id": r.image_id, "patient_id": r.patient_id, "sha256": h}
         for r, h in zip(records, shas)
     ]
-    atomic_write_json(tmp / "records.json", recs)
+    atomic_write_json(tmp / "records.json", recs, private=True)
     meta = {
         "version": INDEX_VERSION,
         "kind": kind,
@@ -234,8 +294,12 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
         "sketch_version": SKETCH_VERSION,
         "vessel_version": VESSEL_VERSION,
         "dataset_fingerprint": dataset_fingerprint(shas),
+        "identity_fingerprint": identity_fingerprint(records, shas),
     }
-    atomic_write_json(tmp / "meta.json", meta)
+    atomic_write_json(tmp / "meta.json", meta, private=True)
+
+
+_RECORD_KEYS = ("file_name", "image_id", "patient_id", "sha256")
 
 
 def load_index(path: Path, embedder: Embedder) -> GuardIndex:
@@ -246,12 +310,14 @@ def load_index(path: Path, embedder: Embedder) -> GuardIndex:
     """
     path = Path(path)
     try:
-        meta = json.loads((path / "meta.json").read_text())
-        records = json.loads((path / "records.json").read_text())
+        meta = read_json(path / "meta.json", expect=dict)
+        records = read_json(path / "records.json", expect=list)
     except FileNotFoundError:
         raise InputError(f"not a guard index folder (meta.json/records.json missing): {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"corrupt index folder {path}: {exc}") from None
+    except InputError as exc:
+        raise InputError(f"corrupt index folder: {exc}") from None
+    if not all(isinstance(r, dict) and all(isinstance(r.get(k), str) for k in _RECORD_KEYS) for r in records):
+        raise InputError(f"corrupt index folder {path}: records.json entries lack {', '.join(_RECORD_KEYS)}")
     if meta.get("version") != INDEX_VERSION:
         raise IndexMismatchError(f"index {path} has version {meta.get('version')!r}, expected {INDEX_VERSION}")
     if meta.get("feature_fingerprint") != embedder.feature_fingerprint():
