@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from synfundus_guard.cli.main import app
 from synfundus_guard.data.folder import ImageRecord, scan_folder
 from synfundus_guard.data.split import split_by_patient, write_split
 from synfundus_guard.errors import InputError
-from synfundus_guard.progress import Progress
+from synfundus_guard.progress import Progress, ProgressTask
 
 runner = CliRunner()
 
@@ -163,11 +167,21 @@ def test_cli_phantom_then_split(tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--patients", "0"], "--patients must be at least 1"),
-    (["--visits", "0"], "--visits must be at least 1"),
+    (["--patients", "0"], "--patients must be between 1 and 1000000 (got 0)"),
+    (["--patients", "1000001"], "--patients must be between 1 and 1000000 (got 1000001)"),
+    (["--patients", "1e20"], "--patients must be between 1 and 1000000 (got 1e20)"),
+    (["--patients", "100000000000000000000"], "--patients must be between 1 and 1000000"),
+    (["--patients", "9" * 5000], "--patients must be a whole number between 1 and 1000000"),
+    (["--patients", "abc"], "--patients must be a whole number between 1 and 1000000 (got 'abc')"),
+    (["--patients", "nan"], "--patients must be a whole number"),
+    (["--visits", "0"], "--visits must be between 1 and 100 (got 0)"),
+    (["--visits", "101"], "--visits must be between 1 and 100 (got 101)"),
+    (["--visits", "2.5"], "--visits must be a whole number between 1 and 100 (got '2.5')"),
     (["--size", "32"], "--size must be between 64 and 2048"),
     (["--size", "4096"], "--size must be between 64 and 2048"),
-    (["--seed", "-1"], "--seed must be at least 0"),
+    (["--size", "inf"], "--size must be a whole number between 64 and 2048"),
+    (["--seed", "-1"], "--seed must be between 0 and 9223372036854775807 (got -1)"),
+    (["--seed", "1e400"], "--seed must be a whole number"),
 ])
 def test_cli_phantom_rejects_out_of_range_options(tmp_path, args, match):
     _assert_usage_error(_guard("data", "phantom", tmp_path / "ph", *args), match)
@@ -179,6 +193,112 @@ def test_cli_phantom_refuses_non_empty_output(tmp_path):
     _assert_usage_error(_guard("data", "phantom", tmp_path, "--patients", 1, "--visits", 1, "--size", 64),
                         "output folder is not empty")
     assert [p.name for p in tmp_path.iterdir()] == ["old.png"]
+
+
+def test_cli_phantom_accepts_a_whole_number_in_float_notation(tmp_path):
+    result = _guard("data", "phantom", tmp_path / "ph", "--patients", "2e0", "--visits", "1.0", "--size", 64,
+                    "--seed", 7)
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 images (2 patients x 1 visits, 64 px)" in result.stdout
+    assert [r.patient_id for r in scan_folder(tmp_path / "ph")] == ["S7-P00000", "S7-P00001"]
+
+
+def test_cli_phantom_interrupt_leaves_no_output(tmp_path, monkeypatch):
+    """Ctrl-C (and SIGTERM, which the CLI turns into KeyboardInterrupt) mid-run: exit 130, no folder at all."""
+    from synfundus_guard.data import phantom as phantom_module
+
+    real, calls = phantom_module.render_visit, []
+
+    def render(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phantom_module, "render_visit", render)
+    result = _guard("data", "phantom", tmp_path / "ph", "--patients", 3, "--visits", 1, "--size", 64)
+    assert result.exit_code == 130 and "interrupted" in result.stderr and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # neither ph/ nor its .ph.partial-* staging sibling
+
+
+@pytest.mark.parametrize("signum,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_cli_phantom_signal_in_a_real_process_leaves_no_output(tmp_path, signum, exit_code):
+    """The same in a real ``guard`` process, stopped by a signal while images are being written."""
+    out = tmp_path / "ph"
+    code = "import sys; from synfundus_guard.cli.main import main; sys.argv[0] = 'guard'; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "data", "phantom", str(out), "--patients", "100000",
+                             "--visits", "1", "--size", "64"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".png") for d in tmp_path.glob(".ph.partial-*") for p in d.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == exit_code, stderr
+    assert b"Traceback" not in stderr and list(tmp_path.iterdir()) == []
+
+
+def test_cli_phantom_refuses_a_file_and_keeps_it(tmp_path):
+    target = tmp_path / "data.bin"
+    target.write_bytes(b"precious")
+    _assert_usage_error(_guard("data", "phantom", target, "--patients", 1, "--visits", 1, "--size", 64),
+                        "output path is not a folder")
+    assert target.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+class _InterruptAt(Progress):
+    """Raises KeyboardInterrupt when the ``n``-th item of any task is reported done."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.done = n, 0
+
+    def task(self, description: str, total: int | None = None) -> ProgressTask:
+        outer = self
+
+        class _Task(ProgressTask):
+            def advance(self, k: int = 1) -> None:
+                outer.done += k
+                if outer.done >= outer.n:
+                    raise KeyboardInterrupt
+
+        return _Task()
+
+
+def test_write_split_interrupted_leaves_nothing_or_the_empty_folder(phantom_dir, tmp_path):
+    source = sorted(os.listdir(phantom_dir))
+    with pytest.raises(KeyboardInterrupt):
+        write_split(phantom_dir, tmp_path / "new" / "split", holdout_fraction=0.5, seed=0, progress=_InterruptAt(5))
+    assert list(tmp_path.iterdir()) == []  # no split, no staging sibling, no parent made for it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        write_split(phantom_dir, empty, holdout_fraction=0.5, seed=0, progress=_InterruptAt(5))
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"] and list(empty.iterdir()) == []
+    assert sorted(os.listdir(phantom_dir)) == source  # the source is untouched
+
+
+def test_cli_split_refuses_a_file_or_symlink_output_and_keeps_it(phantom_dir, tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("keep me")
+    _assert_usage_error(_guard("data", "split", phantom_dir, target), "output path is not a folder")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "link").symlink_to(folder)
+    _assert_usage_error(_guard("data", "split", phantom_dir, tmp_path / "link"), "output path is not a folder")
+    assert target.read_text() == "keep me" and list(folder.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link", "out.txt"]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--holdout-fraction", "abc"], "--holdout-fraction must be between 0 and 1, exclusive (got abc)"),
+    (["--holdout-fraction", "nan"], "--holdout-fraction must be between 0 and 1, exclusive (got nan)"),
+    (["--holdout-fraction", "1e400"], "--holdout-fraction must be between 0 and 1, exclusive"),
+    (["--seed", "1e20"], "--seed must be between 0 and 9223372036854775807 (got 1e20)"),
+    (["--seed", "x"], "--seed must be a whole number"),
+])
+def test_cli_split_bad_numbers_are_one_line(phantom_dir, tmp_path, args, match):
+    _assert_usage_error(_guard("data", "split", phantom_dir, tmp_path / "out", *args), match)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_split_errors(phantom_dir, tmp_path):

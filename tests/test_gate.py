@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from synfundus_guard.audit.base import Finding, failed_closed
+from synfundus_guard.cli import gate as gate_cli
 from synfundus_guard.cli.main import app
 from synfundus_guard.cli.render import render_report
 from synfundus_guard.policies.evaluate import IMAGE_CHECKS, evaluate_release, gate_report, image_result
@@ -102,8 +103,7 @@ def test_gate_passes_a_clean_report(tmp_path):
     ("content", "message"),
     [
         (None, "error: report not found: {path}"),
-        ("{not json", "error: cannot read report {path}: Expecting property name enclosed in double quotes: "
-                      "line 1 column 2 (char 1)"),
+        ("{not json", "error: {path}: not valid JSON (Expecting property name enclosed in double quotes at line 1)"),
         ('{"schema": "other/v9", "images": []}', "error: not a synfundus-guard report (expected schema "
                                                  "'synfundus-guard/report/v1')"),
         ("scores", "error: malformed report: images[0]: scores must map names to finite numbers"),
@@ -129,6 +129,51 @@ def test_unwritable_ci_file_is_exit_2(faces_report, tmp_path):
     folder.mkdir()
     result = gate(faces_report, "--policy", POLICIES / "internal.yaml", "--junit", folder)
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_deeply_nested_report_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text('{"a":' * 200_000 + "1" + "}" * 200_000, encoding="utf-8")
+    junit = tmp_path / "ci" / "junit.xml"
+    result = gate(path, "--policy", POLICIES / "public.yaml", "--junit", junit)
+    assert result.exit_code == 2 and result.stdout == "" and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [f"error: {path}: JSON nested deeper than 64 levels"]
+    assert not (tmp_path / "ci").exists()
+
+
+def test_failed_sarif_write_removes_the_junit_this_run_wrote(faces_report, tmp_path):
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    (ci / "notes.txt").write_text("mine")
+    blocked = ci / "results.sarif"
+    blocked.mkdir()  # SARIF cannot be written: a folder holds its name
+    junit = ci / "new" / "junit.xml"
+    result = gate(faces_report, "--policy", POLICIES / "public.yaml", "--junit", junit, "--sarif", blocked)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: ")
+    assert sorted(p.name for p in ci.iterdir()) == ["notes.txt", "results.sarif"], "junit and its folder are removed"
+    assert (ci / "notes.txt").read_text() == "mine" and not any(blocked.iterdir())
+
+
+def test_every_ci_file_is_rendered_before_any_is_written(faces_report, tmp_path, monkeypatch):
+    def broken(*_args):
+        raise ValueError("cannot render")
+
+    monkeypatch.setattr(gate_cli, "to_sarif", broken)
+    junit, sarif = tmp_path / "junit.xml", tmp_path / "results.sarif"
+    result = gate(faces_report, "--policy", POLICIES / "public.yaml", "--junit", junit, "--sarif", sarif)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: internal error: ValueError: cannot render "
+                                          "(run with --debug for the traceback)"]
+    assert not junit.exists() and not sarif.exists()
+
+
+def test_same_path_for_junit_and_sarif_is_a_usage_error(faces_report, tmp_path):
+    out = tmp_path / "ci.out"
+    result = gate(faces_report, "--policy", POLICIES / "public.yaml", "--junit", out, "--sarif", out)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: --junit and --sarif name the same file: {out}"]
+    assert not out.exists()
 
 
 # --- JUnit ----------------------------------------------------------------------------------------------------

@@ -119,3 +119,58 @@ def test_check_runs_through_the_fail_closed_runner(tmp_path: Path, rgb: Image.Im
     path.write_bytes(_planted(rgb)["png-text"])
     [[finding]] = run_checks([MetadataCheck()], [Candidate("a.png", np.zeros((4, 4, 3), np.float32), path)])
     assert finding.check == "metadata" and finding.flagged
+
+
+# -- multi-frame files: any format, any name, flagged; never reduced to frame 1 ---------------------------------
+
+
+def _animated(rgb: Image.Image, fmt: str) -> bytes:
+    """Frame 1 is black; frame 2 is the image to hide (as a training image would be)."""
+    return _save(Image.new("RGB", rgb.size), fmt, save_all=True, append_images=[rgb])
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG", "TIFF"])
+def test_multi_frame_files_are_flagged(rgb: Image.Image, fmt: str) -> None:
+    data = _animated(rgb, fmt)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert f"{fmt} with 2 frames (multi-frame image)" in metadata_items(data)
+    with pytest.raises(ImageError, match=r"multi-frame image \(2 frames\)"):
+        strip_metadata(data)
+
+
+def test_check_flags_multi_frame_files_whatever_their_name(tmp_path: Path, rgb: Image.Image) -> None:
+    names = {"gif-as.png": "GIF", "anim.webp": "WEBP", "apng.png": "PNG", "pages.tif": "TIFF"}
+    for name, fmt in names.items():
+        (tmp_path / name).write_bytes(_animated(rgb, fmt))
+    still = tmp_path / "still.png"
+    still.write_bytes(encode_png(np.asarray(rgb, np.float32) / 255))
+    img = np.zeros((40, 52, 3), np.float32)
+    batch = [Candidate(n, img, tmp_path / n) for n in [*names, "still.png"]]
+    *multi, single = MetadataCheck().check_batch(batch)
+    for finding, fmt in zip(multi, names.values()):
+        assert finding.flagged and not finding.error and finding.scores["metadata.chunks"] >= 1
+        assert f"{fmt} with 2 frames (multi-frame image)" in finding.reasons[0]
+    assert not single.flagged and single.scores == {"metadata.chunks": 0.0}
+
+
+def test_audit_refuses_a_release_image_with_a_hidden_frame(tmp_path: Path, rgb: Image.Image) -> None:
+    from typer.testing import CliRunner
+
+    from synfundus_guard.cli.main import app
+
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "a.png").write_bytes(encode_png(np.asarray(rgb, np.float32) / 255))
+    (release / "b.png").write_bytes(_animated(rgb, "GIF"))  # a GIF named .png
+    policy = tmp_path / "metadata-only.yaml"
+    policy.write_text("name: metadata-only\ndescription: metadata only\nmax_failed_fraction: 0.0\n"
+                      "memorization: {enabled: false}\nmembership: {enabled: false}\nidentity:\n"
+                      "  vessels: {enabled: false}\n  text: {enabled: false}\n  faces: {enabled: false}\n"
+                      "  metadata: {enabled: true, action: block}\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["audit", "--release", str(release), "--policy", str(policy), "--out", str(out)])
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.output and isinstance(res.exception, SystemExit)
+    assert errors == [f"error: {release / 'b.png'}: multi-frame image (2 frames); only single-frame images are "
+                      "supported"]
+    assert not (out / "report.json").exists() and not (release / "manifest.json").exists()

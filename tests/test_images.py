@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from synfundus_guard.data.folder import read_labels, scan_folder
-from synfundus_guard.data.images import decode_image, encode_png, list_images, load_image, to_uint8
+from synfundus_guard.data.images import decode_image, encode_png, list_images, load_image, to_uint8, walk_folder
 from synfundus_guard.errors import ImageError, InputError
 
 H, W = 40, 48
@@ -309,3 +309,86 @@ def test_corrupt_image_in_folder_is_found_on_load(tmp_path, rgb):
     with pytest.raises(ImageError) as exc:
         load_image(broken.path)
     _one_line_naming(exc, broken.path)
+
+
+# --- multi-frame files are refused: frame 2 is a hiding place ---------------------------------------------------
+
+
+def _frames(rgb: np.ndarray) -> list[Image.Image]:
+    """A harmless first frame and a 'training image' second frame (different, so no encoder merges them)."""
+    return [Image.fromarray(np.zeros_like(rgb)), Image.fromarray(rgb)]
+
+
+@pytest.mark.parametrize("name,fmt", [("anim.gif", "GIF"), ("anim.webp", "WEBP"), ("anim.png", "PNG"),
+                                      ("pages.tif", "TIFF"), ("gif-named.png", "GIF")])
+def test_multi_frame_images_are_refused(tmp_path, rgb, name, fmt):
+    first, hidden = _frames(rgb)
+    path = _save(tmp_path / name, first, fmt, save_all=True, append_images=[hidden])
+    with Image.open(path) as im:
+        assert im.n_frames == 2  # the file really holds the training image as a second frame
+    with pytest.raises(ImageError) as exc:
+        load_image(path)
+    assert str(exc.value) == f"{path}: multi-frame image (2 frames); only single-frame images are supported"
+    with pytest.raises(ImageError, match=r"^upload: multi-frame image \(2 frames\)"):
+        decode_image(path.read_bytes(), "upload")
+
+
+@pytest.mark.parametrize("name,fmt", [("one.gif", "GIF"), ("one.webp", "WEBP"), ("one.png", "PNG"),
+                                      ("one.tif", "TIFF")])
+def test_single_frame_saved_with_save_all_still_loads(tmp_path, rgb, name, fmt):
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    path = _save(tmp_path / name, Image.fromarray(rgb), fmt, save_all=True, **kw)
+    img = _check(load_image(path))
+    if fmt != "GIF":  # GIF quantises to a palette
+        assert np.array_equal(to_uint8(img), rgb)
+
+
+# --- release folders: links are refused by name before anything is opened -------------------------------------
+
+
+def test_release_listing_refuses_links(tmp_path, rgb):
+    root = _folder(tmp_path, rgb, names=("a.png", "sub/b.png"))
+    outside = _folder(tmp_path / "elsewhere", rgb, names=("patient.png",))
+    (root / "z.png").symlink_to(outside / "patient.png")
+    assert [p.as_posix() for p in list_images(root)] == ["a.png", "sub/b.png", "z.png"]  # training: followed
+    with pytest.raises(InputError) as exc:
+        list_images(root, follow_links=False)
+    assert str(exc.value) == f"{root / 'z.png'}: symbolic link in a release folder; copy the file in instead " \
+                             "(links are never followed)"
+    (root / "z.png").unlink()
+    (root / "sub" / "more").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InputError, match="symbolic link") as exc:
+        list_images(root, follow_links=False)
+    _one_line_naming(exc, root / "sub" / "more")
+    (root / "sub" / "more").unlink()
+    (root / ".hidden.png").symlink_to(outside / "patient.png")  # hidden entries are skipped, never opened
+    (root / "notes.txt").write_text("x")
+    assert [p.as_posix() for p in list_images(root, follow_links=False)] == ["a.png", "sub/b.png"]
+    assert [p.as_posix() for p in list_images(root, recursive=False, follow_links=False)] == ["a.png"]
+
+
+def test_release_listing_of_unusable_folders(tmp_path, rgb):
+    for folder, match in ((tmp_path / "missing", "folder not found"), (tmp_path / "x.png", "not a folder")):
+        if folder.suffix:
+            folder.write_bytes(b"x")
+        with pytest.raises(InputError, match=match) as exc:
+            list_images(folder, follow_links=False)
+        _one_line_naming(exc, folder)
+    root = tmp_path / "texts"
+    root.mkdir()
+    (root / "a.txt").write_text("not an image")
+    with pytest.raises(InputError, match="no images"):
+        list_images(root, follow_links=False)
+
+
+def test_walk_folder_reports_kinds_without_following(tmp_path, rgb):
+    import os
+
+    root = _folder(tmp_path, rgb, names=("a.png", ".h/b.png"))
+    (root / "link").symlink_to(tmp_path, target_is_directory=True)
+    (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(root / "pipe.png")
+    assert sorted(walk_folder(root)) == [(".h/b.png", "file"), ("a.png", "file"), ("dangling.png", "link"),
+                                         ("link", "link"), ("pipe.png", "other")]
+    assert sorted(walk_folder(root, hidden=False)) == [("a.png", "file"), ("dangling.png", "link"),
+                                                       ("link", "link"), ("pipe.png", "other")]

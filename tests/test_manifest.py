@@ -15,12 +15,14 @@ from synfundus_guard.cli.main import app
 from synfundus_guard.data.images import encode_png
 from synfundus_guard.errors import ImageError, InputError, ManifestError
 from synfundus_guard.release.manifest import (
+    ALLOWED_EXTRA,
     KEY_ENV,
     MANIFEST_NAME,
     METADATA_NAME,
     SCHEMA,
     build_manifest,
     read_metadata,
+    save_manifest,
     verify_release,
     write_manifest,
 )
@@ -113,8 +115,9 @@ def test_tampering_is_reported(release: Path) -> None:
     (release / ".DS_Store.png").write_bytes(b"hidden")
     result = verify_release(release)
     assert not result.ok
-    assert (result.added, result.removed, result.modified) == (("extra.jpg",), ("sub/b.png",), ("a.png",))
-    assert result.problems == () and "hidden" in result.notes[0]
+    assert (result.added, result.removed, result.modified) == ((".DS_Store.png", "extra.jpg"), ("sub/b.png",),
+                                                                ("a.png",))
+    assert result.problems == () and result.notes == ()
 
 
 def test_edited_manifest_entries_are_problems(release: Path) -> None:
@@ -158,7 +161,7 @@ def test_symlink_escaping_the_release(release: Path, tmp_path: Path) -> None:
     (release / "a.png").symlink_to(outside)
     with pytest.raises(ManifestError, match="outside the release"):
         verify_release(release)
-    with pytest.raises(ManifestError, match="outside the release"):
+    with pytest.raises(ManifestError, match="'a.png' is a symbolic link"):
         build_manifest(release)
     (release / "a.png").unlink()
     (release / "sub").rename(release / "moved")
@@ -312,3 +315,278 @@ def test_odd_but_parseable_manifests_are_problems_not_crashes(release: Path, mon
     edit(release, change)
     result = verify_release(release)
     assert not result.ok and result.problems
+
+
+# -- every unlisted file is reported; links are never followed ------------------------------------------------
+
+
+def listing(root: Path) -> list[str]:
+    """Every entry under ``root`` (files, folders, links), to prove nothing was written or left behind."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["patients.txt", "sub/names.csv", "notes", ".hidden.txt", ".cache/x.png",
+                                  "sub/.secret.png", "sub/README.md", ".metadata.jsonl.abc.tmp"])
+def test_verify_reports_any_unlisted_file(release: Path, name: str) -> None:
+    sealed(release)
+    (release / name).parent.mkdir(parents=True, exist_ok=True)
+    (release / name).write_text("DOE^JOHN 1234567")
+    result = verify_release(release)
+    assert not result.ok and result.added == (name,) and result.problems == ()
+    cli = guard("verify", str(release))
+    assert cli.exit_code == 1 and f"added {name}" in " ".join(cli.stdout.split())
+    assert "1 added, 0 removed, 0 modified, 0 problem(s)" in cli.stdout
+
+
+def test_allowed_extras_are_noted_not_reported(release: Path) -> None:
+    for name in ALLOWED_EXTRA:
+        (release / name).write_text("dataset card")
+    sealed(release)
+    assert [f["file_name"] for f in load(release)["files"]] == ["a.png", "c.png", "sub/b.png"]
+    result = verify_release(release)
+    assert result.ok and result.added == ()
+    assert result.notes == tuple(f"{n} is allowed beside the images but not covered by the manifest"
+                                 for n in sorted(ALLOWED_EXTRA))
+    cli = guard("verify", str(release))
+    assert cli.exit_code == 0 and "intact" in cli.stdout and "README.md is allowed" in cli.stdout
+
+
+def test_symlinked_folder_is_reported_not_followed(release: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "patient.png").write_bytes(png(9))
+    sealed(release)
+    (release / "extra").symlink_to(outside, target_is_directory=True)
+    (release / "dup").symlink_to(release / "sub", target_is_directory=True)
+    (release / "copy.png").symlink_to(release / "a.png")
+    result = verify_release(release)
+    assert not result.ok and result.added == ("copy.png", "dup", "extra")  # nothing behind a link is listed
+    assert result.problems == tuple(f"symbolic link in the release (not followed): {n}"
+                                    for n in ("copy.png", "dup", "extra"))
+    cli = guard("verify", str(release))
+    out = " ".join(cli.stdout.split())
+    assert cli.exit_code == 1 and "problem symbolic link in the release (not followed): extra" in out
+    assert "patient.png" not in cli.output
+
+
+def test_listed_file_replaced_by_an_inner_link_is_modified(release: Path) -> None:
+    sealed(release)
+    (release / "kept").mkdir()
+    (release / "a.png").rename(release / "kept" / "a.png")
+    (release / "a.png").symlink_to(release / "kept" / "a.png")  # same bytes, but now a link
+    (release / "sub").rename(release / "sub-real")
+    (release / "sub").symlink_to(release / "sub-real", target_is_directory=True)
+    result = verify_release(release)
+    assert result.modified == ("a.png", "sub/b.png") and result.removed == ()
+    assert result.added == ("kept/a.png", "sub", "sub-real/b.png")
+    assert "symbolic link in the release (not followed): a.png" in result.problems
+    assert "symbolic link in the release (not followed): sub" in result.problems
+
+
+def test_metadata_link_is_a_problem_not_read(release: Path, tmp_path: Path) -> None:
+    sealed(release)
+    (release / METADATA_NAME).rename(tmp_path / "elsewhere.jsonl")
+    (release / METADATA_NAME).symlink_to(tmp_path / "elsewhere.jsonl")
+    result = verify_release(release)
+    assert not result.ok and f"{METADATA_NAME} is a symbolic link (not followed)" in result.problems
+
+
+def test_fifo_is_reported_without_being_opened(release: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    sealed(release)
+    os.mkfifo(release / "pipe.png")  # opening it for reading would block forever
+    args = [sys.executable, "-m", "synfundus_guard.cli.main", "verify", str(release)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "added pipe.png" in " ".join(done.stdout.split())
+    assert "not a regular file (FIFO, socket or device): pipe.png" in " ".join(done.stdout.split())
+    with pytest.raises(InputError, match="'pipe.png' is neither an image"):
+        build_manifest(release)
+
+
+def test_build_refuses_links_before_opening_anything(release: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import synfundus_guard.release.manifest as manifest_mod
+
+    def opened(*_args: object) -> None:
+        raise AssertionError("a release file was opened before the link was refused")
+
+    monkeypatch.setattr(manifest_mod, "_image_size", opened)
+    monkeypatch.setattr(manifest_mod, "sha256_file", opened)
+    (tmp_path / "patient.png").write_bytes(png(9))
+    (release / "z.png").symlink_to(tmp_path / "patient.png")  # sorts after the regular images
+    with pytest.raises(ManifestError, match="'z.png' is a symbolic link"):
+        build_manifest(release)
+    (release / "z.png").unlink()
+    (release / "zz").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(ManifestError, match="'zz' is a symbolic link"):
+        build_manifest(release)
+
+
+@pytest.mark.parametrize("target", ["inside", "outside", "folder"])
+def test_cli_manifest_refuses_links_and_writes_nothing(release: Path, tmp_path: Path, target: str) -> None:
+    (tmp_path / "patient.png").write_bytes(png(9))
+    link = release / "sub" / "link.png"
+    if target == "folder":
+        link.symlink_to(tmp_path, target_is_directory=True)
+    else:
+        link.symlink_to(release / "a.png" if target == "inside" else tmp_path / "patient.png")
+    before = listing(release)
+    result = guard("manifest", str(release))
+    assert result.exit_code == 2 and "'sub/link.png' is a symbolic link" in one_error_line(result)
+    assert listing(release) == before
+
+
+@pytest.mark.parametrize("name", ["patients.csv", "sub/notes.txt", ".DS_Store", ".cache/x.png"])
+def test_cli_manifest_refuses_stray_and_hidden_files(release: Path, name: str) -> None:
+    (release / name).parent.mkdir(parents=True, exist_ok=True)
+    (release / name).write_text("DOE^JOHN")
+    before = listing(release)
+    result = guard("manifest", str(release))
+    assert result.exit_code == 2 and repr(name) in one_error_line(result)
+    assert listing(release) == before
+
+
+def test_build_skips_hidden_state_of_the_writer(release: Path) -> None:
+    (release / ".guard" / "staging").mkdir(parents=True)
+    (release / ".guard" / "staging" / "x.png").write_bytes(png(7))
+    manifest = build_manifest(release)
+    assert [f["file_name"] for f in manifest["files"]] == ["a.png", "c.png", "sub/b.png"]
+    with pytest.raises(InputError, match="hidden file '.guard/staging/x.png'"):
+        write_manifest(release)
+
+
+def test_non_utf8_file_names(release: Path) -> None:
+    import os
+
+    sealed(release)
+    fd = os.open(os.fsencode(release) + b"/\xff.txt", os.O_CREAT | os.O_WRONLY)
+    os.close(fd)
+    cli = guard("verify", str(release))
+    assert cli.exit_code == 1 and "added \\udcff.txt" in " ".join(cli.stdout.split())
+    os.rename(os.fsencode(release) + b"/\xff.txt", os.fsencode(release) + b"/\xff.png")
+    (release / MANIFEST_NAME).unlink()
+    result = guard("manifest", str(release))
+    assert result.exit_code == 2 and "not valid UTF-8" in one_error_line(result)
+
+
+# -- the manifest pair is written all-or-nothing --------------------------------------------------------------
+
+
+def test_failed_manifest_rename_restores_previous_metadata(release: Path) -> None:
+    sealed(release)
+    old_metadata = (release / METADATA_NAME).read_bytes()
+    (release / MANIFEST_NAME).unlink()
+    (release / MANIFEST_NAME).mkdir()  # the final rename cannot replace a folder
+    before = listing(release)
+    manifest = build_manifest(release, entries={"a.png": {"verdict": "fail"}})
+    with pytest.raises(ManifestError, match="cannot write manifest.json and metadata.jsonl .*Is a directory"):
+        save_manifest(release, manifest)
+    assert (release / METADATA_NAME).read_bytes() == old_metadata
+    assert listing(release) == before  # no staged or backup file left behind
+
+
+def test_failed_manifest_rename_removes_new_metadata(release: Path) -> None:
+    (release / MANIFEST_NAME).mkdir()
+    before = listing(release)
+    result = guard("manifest", "--force", str(release))
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("Hashing release images")]
+    assert result.exit_code == 2 and len(errors) == 1  # the progress bar stays above it
+    assert errors[0] == f"error: cannot write {MANIFEST_NAME} and {METADATA_NAME} in {release}: Is a directory; " \
+                        "the previous files were kept"
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert listing(release) == before and not (release / METADATA_NAME).exists()
+
+
+def test_failure_on_the_manifest_step_only(release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    sealed(release)
+    old = {n: (release / n).read_bytes() for n in (MANIFEST_NAME, METADATA_NAME)}
+    real_replace = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(dst)).name == MANIFEST_NAME:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(ManifestError, match="No space left on device; the previous files were kept"):
+        write_manifest(release, entries={"a.png": {"verdict": "fail"}})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {n: (release / n).read_bytes() for n in old} == old
+    assert sorted(p.name for p in release.iterdir()) == ["a.png", "c.png", MANIFEST_NAME, METADATA_NAME, "sub"]
+    assert verify_release(release).ok
+
+
+# -- hostile JSON is one line, exit 2 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"schema": ' + "[" * 5_000 + "]" * 5_000 + "}",
+                                  f'{{"schema": "{SCHEMA}", "files": [{{"x": ' + "{\"a\": " * 3_000 + "1"
+                                  + "}" * 3_000 + "}]}"])
+def test_deeply_nested_manifest_is_a_manifest_error(release: Path, text: str) -> None:
+    (release / MANIFEST_NAME).write_text(text)
+    with pytest.raises(ManifestError, match="nested"):
+        verify_release(release)
+    result = guard("verify", str(release))
+    assert result.exit_code == 2 and "nested" in one_error_line(result)
+
+
+def test_huge_manifest_and_metadata_are_refused_unread(release: Path) -> None:
+    from synfundus_guard.safeload import MAX_JSON_BYTES
+
+    with open(release / MANIFEST_NAME, "wb") as fh:
+        fh.truncate(MAX_JSON_BYTES + 1)  # sparse: costs no disk
+    result = guard("verify", str(release))
+    assert result.exit_code == 2 and "file too large" in one_error_line(result)
+    with open(release / METADATA_NAME, "wb") as fh:
+        fh.truncate(MAX_JSON_BYTES + 1)
+    result = guard("manifest", "--force", str(release))
+    assert result.exit_code == 2 and "file too large" in one_error_line(result)
+
+
+def test_hostile_metadata_lines(release: Path) -> None:
+    (release / METADATA_NAME).write_text('{"file_name": "a.png", "x": ' + "[" * 50_000 + "]" * 50_000 + "}\n")
+    with pytest.raises(ManifestError, match="line 1: JSON nested deeper"):
+        read_metadata(release)
+    result = guard("manifest", str(release))
+    assert result.exit_code == 2 and "nested" in one_error_line(result)
+    assert not (release / MANIFEST_NAME).exists()
+    (release / METADATA_NAME).write_text('{"file_name": "a.png"}\n{oops\n')
+    result = guard("manifest", str(release))
+    assert result.exit_code == 2 and "line 2: not valid JSON" in one_error_line(result)
+
+
+def test_linked_manifest_files_are_refused(release: Path, tmp_path: Path) -> None:
+    sealed(release)
+    (release / MANIFEST_NAME).rename(tmp_path / "m.json")
+    (release / MANIFEST_NAME).symlink_to(tmp_path / "m.json")
+    result = guard("verify", str(release))
+    assert result.exit_code == 2 and "manifest.json is a symbolic link" in one_error_line(result)
+    (release / MANIFEST_NAME).unlink()
+    (release / METADATA_NAME).rename(tmp_path / "meta.jsonl")
+    (release / METADATA_NAME).symlink_to(tmp_path / "meta.jsonl")
+    result = guard("manifest", str(release))
+    assert result.exit_code == 2 and "metadata.jsonl is a symbolic link" in one_error_line(result)
+    assert not (release / MANIFEST_NAME).exists()
+
+
+def test_symlink_loop_in_a_listed_path(release: Path) -> None:
+    sealed(release)
+    (release / "sub" / "b.png").unlink()
+    (release / "sub").rmdir()
+    (release / "sub").symlink_to(release / "sub")
+    result = guard("verify", str(release))
+    assert result.exit_code == 2 and "symbolic link loop" in one_error_line(result)
+
+
+def test_undecodable_signing_key(release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, "k\udcff")  # bytes that are not UTF-8, as a shell may pass them
+    sealed(release)
+    assert len(load(release)["hmac_sha256"]) == 64 and verify_release(release).ok
+    monkeypatch.setenv(KEY_ENV, "k")
+    assert not verify_release(release).ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +13,13 @@ from scipy import ndimage, stats
 
 from synfundus_guard.data.folder import scan_folder
 from synfundus_guard.data.images import load_image
+from synfundus_guard.audit.membership.run import check_disjoint
+from synfundus_guard.data import phantom as phantom_module
 from synfundus_guard.data.phantom import (
     FOV_FRACTION,
     LABEL_COLUMNS,
+    MAX_PATIENTS,
+    MAX_VISITS,
     PhantomPatient,
     _vessel_tree,
     generate_phantom,
@@ -52,7 +57,7 @@ def test_patient_is_a_pure_function_of_seed_and_index():
     a, b = PhantomPatient.from_seed(5, 3), PhantomPatient.from_seed(5, 3)
     assert a == b and hash(a) == hash(b)
     assert a != PhantomPatient.from_seed(5, 4) and a != PhantomPatient.from_seed(6, 3)
-    assert a.patient_id == "P00003"
+    assert a.patient_id == "S5-P00003"
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.eye = "OS"  # type: ignore[misc]
 
@@ -261,9 +266,9 @@ def test_generate_writes_images_and_labels(tmp_path):
         assert tuple(reader.fieldnames or ()) == LABEL_COLUMNS
         rows = list(reader)
     assert [r["file_name"] for r in rows] == [f"p{i:05d}_v{v}.png" for i in range(3) for v in range(2)]
-    assert rows[3]["image_id"] == "P00001-V1" and rows[3]["patient_id"] == "P00001"
+    assert rows[3]["image_id"] == "S9-P00001-V1" and rows[3]["patient_id"] == "S9-P00001"
     for r in rows:
-        p = PhantomPatient.from_seed(9, int(r["patient_id"][1:]))
+        p = PhantomPatient.from_seed(9, int(r["patient_id"].removeprefix("S9-P")))
         assert r["eye"] == p.eye and int(r["dr_grade"]) == p.dr_grade(int(r["image_id"][-1]))
         assert r["amd"] == str(int(p.amd)) and r["glaucoma_suspect"] == str(int(p.glaucoma_suspect))
         assert 0 <= float(r["quality"]) <= 1
@@ -297,8 +302,133 @@ def test_generate_refuses_non_empty_output(tmp_path):
     ({"patients": 1, "visits": 0}, "visits"),
     ({"patients": 1, "visits": 1, "size": 63}, "size"),
     ({"patients": 1, "visits": 1, "seed": -1}, "seed"),
+    ({"patients": MAX_PATIENTS + 1, "visits": 1}, f"patients must be between 1 and {MAX_PATIENTS}"),
+    ({"patients": 10**20, "visits": 1}, f"patients must be between 1 and {MAX_PATIENTS}"),
+    ({"patients": 1, "visits": MAX_VISITS + 1}, f"visits must be between 1 and {MAX_VISITS}"),
+    ({"patients": 2.0, "visits": 1}, "patients must be between"),
 ])
 def test_generate_rejects_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(InputError, match=match):
         generate_phantom(tmp_path / "ds", **kwargs)
     assert not (tmp_path / "ds").exists()
+
+
+# --- ids: unique per seed, seed 0 unchanged ------------------------------------------------------------------
+
+
+def test_ids_carry_the_seed_except_for_seed_zero():
+    """Seed 0 keeps ``P00012`` (the default model's card names those files); other seeds are prefixed."""
+    assert PhantomPatient.from_seed(0, 12).patient_id == "P00012"
+    assert PhantomPatient.from_seed(7, 12).patient_id == "S7-P00012"
+    assert PhantomPatient.from_seed(70, 12).patient_id == "S70-P00012"  # not a prefix clash with seed 7
+    _, labels = render_visit(PhantomPatient.from_seed(0, 12), visit=1, size=64)
+    assert (labels["patient_id"], labels["image_id"]) == ("P00012", "P00012-V1")
+    _, labels = render_visit(PhantomPatient.from_seed(7, 12), visit=1, size=64, seed=7)
+    assert (labels["patient_id"], labels["image_id"]) == ("S7-P00012", "S7-P00012-V1")
+
+
+def test_seed_zero_dataset_keeps_its_file_names_and_ids(tmp_path):
+    ds = generate_phantom(tmp_path / "zero", patients=2, visits=2, size=64, seed=0)
+    with open(ds.labels_path, newline="") as fh:
+        rows = [(r["file_name"], r["image_id"], r["patient_id"]) for r in csv.DictReader(fh)]
+    assert rows == [("p00000_v0.png", "P00000-V0", "P00000"), ("p00000_v1.png", "P00000-V1", "P00000"),
+                    ("p00001_v0.png", "P00001-V0", "P00001"), ("p00001_v1.png", "P00001-V1", "P00001")]
+
+
+def test_seed_zero_ids_still_give_the_default_models_split():
+    """The default model's card lists the train/holdout files of ``--seed 0``; the split hashes patient ids, so
+    seed 0's ids must not change. Records are built from the patients alone (no rendering needed)."""
+    from synfundus_guard.data.folder import ImageRecord
+    from synfundus_guard.data.split import split_by_patient
+    from synfundus_guard.generation.card import read_card
+    from synfundus_guard.generation.default import PHANTOM
+    from synfundus_guard.generation.model import DEFAULT_MODEL_DIR
+
+    card = read_card(DEFAULT_MODEL_DIR)
+    assert card is not None and PHANTOM["seed"] == 0
+    records = []
+    for i in range(PHANTOM["patients"]):
+        pid = PhantomPatient.from_seed(0, i).patient_id
+        records += [ImageRecord(f"p{i:05d}_v{v}.png", Path(f"p{i:05d}_v{v}.png"), f"{pid}-V{v}", pid)
+                    for v in range(PHANTOM["visits"])]
+    train, holdout = split_by_patient(records, holdout_fraction=card.data.holdout_fraction,
+                                      seed=card.data.split_seed)
+    assert [r.file_name for r in train] == sorted(card.data.train_files)
+    assert [r.file_name for r in holdout] == sorted(card.data.holdout_files)
+
+
+def test_datasets_of_two_seeds_are_disjoint_patients(tmp_path):
+    """One phantom set can be the holdout of another of a different seed; the same seed still overlaps."""
+    a = scan_folder(generate_phantom(tmp_path / "a", patients=3, visits=1, size=64, seed=3).root)
+    b = scan_folder(generate_phantom(tmp_path / "b", patients=3, visits=1, size=64, seed=4).root)
+    zero = scan_folder(generate_phantom(tmp_path / "z", patients=3, visits=1, size=64, seed=0).root)
+    assert {r.patient_id for r in a} == {"S3-P00000", "S3-P00001", "S3-P00002"}
+    check_disjoint(a, b)  # no InputError
+    check_disjoint(zero, a)
+    again = scan_folder(generate_phantom(tmp_path / "a2", patients=1, visits=1, size=64, seed=4).root)
+    with pytest.raises(InputError, match=r"1 patient\(s\) appear in both"):
+        check_disjoint(b, again)
+
+
+# --- all or nothing ------------------------------------------------------------------------------------------
+
+
+def _interrupt_after(monkeypatch, n: int, exc: BaseException) -> None:
+    """Make the phantom renderer raise ``exc`` on its ``n+1``-th call (after ``n`` images were written)."""
+    real, calls = phantom_module.render_visit, []
+
+    def render(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > n:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phantom_module, "render_visit", render)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), MemoryError(), OSError(28, "No space left on device")])
+def test_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch, exc):
+    _interrupt_after(monkeypatch, 3, exc)
+    with pytest.raises(type(exc)):
+        generate_phantom(tmp_path / "new" / "ds", patients=3, visits=2, size=64, seed=1)
+    assert list(tmp_path.iterdir()) == []  # no dataset, no staging folder, not even the parent it made
+
+
+def test_interrupted_generation_keeps_an_existing_empty_folder(tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    out.mkdir()
+    _interrupt_after(monkeypatch, 1, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        generate_phantom(out, patients=2, visits=1, size=64)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"] and list(out.iterdir()) == []
+
+
+def test_generation_fills_an_existing_empty_folder_without_leftovers(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    ds = generate_phantom(out, patients=1, visits=2, size=64, seed=2)
+    assert ds.root == out and sorted(p.name for p in out.iterdir()) == ["labels.csv", "p00000_v0.png",
+                                                                        "p00000_v1.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # the staging sibling became ``out``
+
+
+def test_generation_refuses_a_symlink_and_a_folder_filled_meanwhile(tmp_path, monkeypatch):
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(InputError, match="not a folder"):
+        generate_phantom(tmp_path / "link", patients=1, visits=1, size=64)
+    assert list(target.iterdir()) == []
+    out = tmp_path / "race"
+    real = phantom_module.render_visit
+
+    def render_then_fill(*args, **kwargs):  # someone else writes into ``out`` while we render
+        out.mkdir(exist_ok=True)
+        (out / "theirs.txt").write_text("keep me")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phantom_module, "render_visit", render_then_fill)
+    with pytest.raises(InputError, match="not empty"):
+        generate_phantom(out, patients=1, visits=1, size=64)
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"] and (out / "theirs.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "race", "target"]  # staging removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from typer.testing import CliRunner
 
 from synfundus_guard.cli.main import app
 from synfundus_guard.errors import PolicyError
-from synfundus_guard.policies.schema import Action, Bound, load_policy, parse_policy
+from synfundus_guard.policies.schema import MAX_POLICY_BYTES, Action, Bound, load_policy, parse_policy
+from synfundus_guard.policies.shipped import shipped_policy_path
 from synfundus_guard.release.report import ImageResult, Report, write_report
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
@@ -144,3 +146,85 @@ def test_gate_with_missing_policy_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["gate", str(_report_dir(tmp_path)), "--policy", str(tmp_path / "no.yaml")])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [f"error: invalid policy {tmp_path / 'no.yaml'}:", "  - file not found"]
+
+
+# --- bounded YAML: hostile policy files are refused before anything is built ------------------------------------
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """Nine aliases of nine items per level: 9^9 (~4 * 10^8) nodes once expanded ("billion laughs")."""
+    lines = ["name: bomb", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(), encoding="utf-8")
+    start = time.perf_counter()
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert time.perf_counter() - start < 0.5
+    assert info.value.problems == ["line 2: YAML anchors and aliases are not allowed in policies (found 'a0')"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("name: x\ndescription: &d hello\n", "line 2: YAML anchors and aliases are not allowed"),
+        ("name: x\nmemorization: " + "[" * 20 + "]" * 20 + "\n", "line 2: nested deeper than 16 levels"),
+        ("name: x\n" + "".join("  " * i + f"k{i}:\n" for i in range(30)), "line 18: nested deeper than 16 levels"),
+        ("name: x\nm: " + "[" * 100_000 + "\n", "nested deeper than 16 levels at line 2"),
+        ("name: x\nmemorization: {k: " + "9" * 5000 + "}\n", "not valid YAML (Exceeds the limit"),
+        ("name: !!python/object/apply:os.system [ls]\n", "not valid YAML at line 1"),
+    ],
+    ids=["anchor", "deep-flow", "deep-block", "libyaml-depth", "huge-integer", "python-tag"],
+)
+def test_hostile_yaml_is_one_problem(text, problem):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, source="hostile.yaml")
+    (only,) = info.value.problems
+    assert only.startswith(problem), only
+
+
+def test_policy_file_size_is_capped(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"name: big\n" + b"# padding\n" * (MAX_POLICY_BYTES // 10))
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert info.value.problems == [f"file too large (more than {MAX_POLICY_BYTES} bytes)"]
+    with pytest.raises(PolicyError, match="file too large"):
+        parse_policy(path.read_text(), source=str(path))
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_endless_policy_file_reads_only_up_to_the_cap():
+    with pytest.raises(PolicyError) as info:
+        load_policy(Path("/dev/zero"))
+    assert info.value.problems == [f"file too large (more than {MAX_POLICY_BYTES} bytes)"]
+
+
+def test_gate_with_alias_bomb_policy_exits_2_fast(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(), encoding="utf-8")
+    junit = tmp_path / "junit.xml"
+    start = time.perf_counter()
+    args = ["gate", str(_report_dir(tmp_path)), "--policy", str(bomb), "--junit", str(junit)]
+    result = CliRunner().invoke(app, args)
+    assert time.perf_counter() - start < 1.0
+    assert result.exit_code == 2 and "Traceback" not in result.output and result.stdout == ""
+    problem = "line 2: YAML anchors and aliases are not allowed in policies (found 'a0')"
+    assert result.stderr.splitlines() == [f"error: invalid policy {bomb}:", f"  - {problem}"]
+    assert not junit.exists()
+
+
+@pytest.mark.parametrize("name", ["../policies/public", "public/../../x", "", "a" * 100, "public.yaml"])
+def test_shipped_policy_names_cannot_reach_outside(name):
+    with pytest.raises(PolicyError, match="not a shipped policy name"):
+        shipped_policy_path(name)
+
+
+def test_shipped_policy_names_resolve():
+    assert shipped_policy_path("public") == POLICIES / "public.yaml"
+    with pytest.raises(PolicyError, match="available: internal, public"):
+        shipped_policy_path("secret")

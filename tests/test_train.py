@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -95,11 +96,56 @@ def test_resume_after_interrupt_matches_uninterrupted(phantom_dir: Path, tiny_mo
     with pytest.raises(KeyboardInterrupt):
         train_model(train_dir=phantom_dir, out_dir=out, progress=_KillAfter(3), **TINY)
     assert (out / CHECKPOINT).is_file() and not (out / CARD_FILE).exists()
+    assert _mode(out / CHECKPOINT) == 0o600 and _mode(out / CHECKPOINT.parent) == 0o700, "checkpoints are private"
     result = train_model(train_dir=phantom_dir, out_dir=out, **TINY)
     assert result.resumed_from == 2 and result.steps_run == 2
     assert model_fingerprint(out) == model_fingerprint(tiny_model), "resumed weights differ from an uninterrupted run"
     again = train_model(train_dir=phantom_dir, out_dir=out, **TINY)
     assert again.steps_run == 0, "a finished model is not retrained"
+
+
+def _mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_training_card_is_private_and_the_rest_is_not(tiny_model: Path) -> None:
+    assert _mode(tiny_model / CARD_FILE) == 0o600, "the card names every training file"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert _mode(tiny_model / "unet" / "config.json") == 0o666 & ~umask
+
+
+def _break_unet(state: dict) -> None:
+    state["unet"].pop(next(iter(state["unet"])))
+
+
+def _break_ema(state: dict) -> None:
+    state["ema"][next(iter(state["ema"]))] = torch.zeros(1)
+
+
+@pytest.mark.parametrize(("breaks", "word"), [
+    (_break_unet, "does not fit this model"),
+    (_break_ema, "does not fit this model"),
+    (lambda state: state.update(loss="low"), "does not fit this model"),
+    (lambda state: state.update(step=99), "checkpoint at step 99 of a 4-step run"),
+    (lambda state: state.pop("optimizer"), "missing or malformed: optimizer"),
+], ids=["unet-keys", "ema-shape", "loss-type", "step-beyond-end", "no-optimizer"])
+def test_checkpoint_that_does_not_fit_is_refused(phantom_dir: Path, tmp_path: Path, breaks, word: str) -> None:
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train_dir=phantom_dir, out_dir=out, progress=_KillAfter(3), **TINY)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    breaks(state)
+    torch.save(state, out / CHECKPOINT)
+    before = (out / CHECKPOINT).read_bytes()
+    args = ["train", str(phantom_dir), "--out", str(out), "--steps", "4", "--resolution", "16", "--batch-size", "4",
+            "--channels", "16,32", "--seed", "3", "--checkpoint-every", "2"]  # the arguments of TINY
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error")]  # after the loading bar
+    assert len(errors) == 1 and res.stderr.strip().splitlines()[-1] == errors[0], res.stderr
+    assert word in errors[0] and "delete it to start over" in errors[0] and "Traceback" not in res.output
+    assert (out / CHECKPOINT).read_bytes() == before and not (out / CARD_FILE).exists()
 
 
 def test_out_dir_holding_another_run_is_refused(phantom_dir: Path, tiny_model: Path) -> None:

@@ -139,6 +139,8 @@ def build_checks_for_model(
     if card is None:
         raise ModelError(f"{model_dir} has no training card: its training data is unknown, so generated images "
                          "cannot be checked against it (train it with guard train)")
+    if not (policy.memorization.enabled or policy.identity.vessels.enabled):
+        return build_checks(policy=policy, guard=None, progress=progress)  # no check needs the training data
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     data_dir = training_data_dir(model, cache_dir=cache_dir, progress=progress)
     by_name = {r.file_name: r for r in scan_folder(data_dir)}
@@ -236,7 +238,7 @@ def check_images(
     ``checked``, when given, receives the sha256 of the bytes each image was checked from, so the seal can
     prove it covers exactly what was checked.
     """
-    rels = list_images(release_dir)
+    rels = list_images(release_dir, follow_links=False)
     results: list[ImageResult] = []
     private: dict[str, Any] = {}
     with progress.task("Checking release", total=len(rels)) as t:
@@ -291,7 +293,7 @@ def audit_release(
     """Audit ``release_dir`` under ``policy``; writes the report to ``out_dir``. See the module docstring."""
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     _check_paths(release_dir, out_dir)
-    list_images(release_dir)  # an empty or missing release is an input error before any heavy work
+    list_images(release_dir, follow_links=False)  # empty, missing or linked: refused before any heavy work
     guard = None
     if train_dir is not None or holdout_dir is not None:
         if train_dir is None or holdout_dir is None:

@@ -1,8 +1,11 @@
 """``guard manifest`` and ``guard verify``: seal a folder of images as a release, and check it later.
 
 ``guard manifest DIR`` writes ``metadata.jsonl`` and ``manifest.json`` (keeping the per-image fields of an
-existing ``metadata.jsonl``, e.g. a downloaded imagefolder set). ``guard verify DIR`` exits 0 when the release
-is intact, 1 when anything differs from its manifest, 2 when the manifest is missing, malformed or unsafe.
+existing ``metadata.jsonl``, e.g. a downloaded imagefolder set); it refuses, with exit 2 and nothing written, a
+folder holding a link, a hidden file or a file that is neither an image nor an allowed extra. ``guard verify DIR``
+exits 0 when the release is intact, 1 when anything differs from its manifest (any unlisted file, whatever its
+extension, hidden or behind a link), 2 when the manifest is missing, malformed, too large, too deeply nested or
+unsafe.
 File names come from disk or an untrusted manifest, so they are printed as plain text with non-printable
 characters escaped: no rich markup or terminal escape sequence gets through.
 """

@@ -35,15 +35,17 @@ def train(
     channels: str = typer.Option("32,64,64", help="UNet block widths, comma-separated."),
     condition_on: Optional[str] = typer.Option(None, "--condition-on", help="Label columns, e.g. dr_grade,amd."),
     dp: bool = typer.Option(False, "--dp", help="Train with differential privacy (Opacus DP-SGD)."),
-    target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="With --dp: ε to reach (default 8)."),
-    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="With --dp: fixed noise instead."),
+    target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon",
+                                                   help="With --dp: ε to reach (default 8)."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier",
+                                                     help="With --dp: fixed noise instead."),
     delta: float = typer.Option(1e-5, help="With --dp: δ."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="With --dp: per-sample clipping bound."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between resumable checkpoints."),
 ) -> None:
     """Train a model; re-running the same command resumes from the last checkpoint."""
     from ..generation.dp import DPConfig
-    from ..generation.train import train_model
+    from ..generation.train import train_model, validate_settings
 
     if not dp and (target_epsilon is not None or noise_multiplier is not None):
         raise fail_usage("--target-epsilon and --noise-multiplier need --dp")
@@ -53,12 +55,12 @@ def train(
     if dp:
         dp_config = DPConfig(target_epsilon=None if noise_multiplier is not None else (target_epsilon or 8.0),
                              noise_multiplier=noise_multiplier, delta=delta, max_grad_norm=max_grad_norm)
+    settings = dict(steps=steps, resolution=resolution, batch_size=batch_size, lr=lr, seed=seed,
+                    holdout_fraction=holdout_fraction, channels=_channels(channels), checkpoint_every=checkpoint_every)
+    validate_settings(dp=dp_config, **settings)  # before the progress display opens: one clean error line
     with RichProgressObserver() as progress:
-        result = train_model(
-            train_dir=train_dir, out_dir=out, steps=steps, resolution=resolution, batch_size=batch_size, lr=lr,
-            seed=seed, condition_on=_csv_list(condition_on), dp=dp_config, holdout_fraction=holdout_fraction,
-            channels=_channels(channels), checkpoint_every=checkpoint_every, progress=progress,
-        )
+        result = train_model(train_dir=train_dir, out_dir=out, condition_on=_csv_list(condition_on), dp=dp_config,
+                             progress=progress, **settings)
     card = result.card
     if result.steps_run == 0:
         typer.echo(f"{out}: already trained ({card.steps} steps); nothing to do")

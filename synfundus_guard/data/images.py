@@ -3,13 +3,26 @@
 Every loader returns ``float32`` RGB arrays of shape ``(H, W, 3)`` with values in ``[0, 1]``, whatever the file
 held: 8- or 16-bit, grey, RGB, RGBA (composited onto black, the fundus background) or palette. Any failure is an
 :class:`~synfundus_guard.errors.ImageError` with a one-line message naming the file.
+
+Multi-frame files (animated GIF, WebP or PNG, multi-page TIFF, MPO) are refused rather than checked frame by
+frame: a training or release image is one picture, and every other frame is a place to hide one (a training
+image in frame 2 of an animated GIF passed every check when only frame 1 was decoded). Refusing keeps "the
+pixels that were checked" and "the pixels in the file" the same thing.
+
+Folders are listed two ways. Training folders may be assembled with links (``list_images`` follows them, as
+any image tool would); a release is a published artefact, so ``list_images(..., follow_links=False)`` and
+:func:`walk_folder` never follow a link: a link inside a release is refused by name before any file is opened,
+because its target can change after the checks ran, or point at a patient image outside the release.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import struct
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -28,25 +41,75 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:
-    """Return the image files under ``folder``, sorted, as paths relative to ``folder``.
+def walk_folder(folder: Path, *, hidden: bool = True, recursive: bool = True) -> Iterator[tuple[str, str]]:
+    """Yield ``(path relative to folder, kind)`` for every entry under ``folder``; no link is ever followed.
 
-    Hidden files and folders (names starting with ``.``) are skipped. Raises :class:`InputError` when the
-    folder does not exist, is not a folder, or holds no image.
+    ``kind`` is ``"file"`` (regular file), ``"link"`` (symbolic link to anything: listed, never followed or
+    opened) or ``"other"`` (FIFO, socket, device: opening one can block forever). Folders are descended into,
+    not yielded. ``hidden=False`` skips names starting with ``.`` (and does not enter such folders). Order is
+    unspecified. Raises :class:`InputError` when a folder cannot be listed.
     """
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(Path(folder) / rel_dir) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise InputError(f"cannot list {Path(folder) / rel_dir}: {exc.strerror or exc}") from None
+        for entry in entries:
+            if not hidden and entry.name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_symlink():
+                yield rel, "link"
+            elif entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    stack.append(rel)
+            else:
+                yield rel, "file" if entry.is_file(follow_symlinks=False) else "other"
+
+
+def _existing_folder(folder: Path) -> Path:
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"folder not found: {folder}")
     if not folder.is_dir():
         raise InputError(f"not a folder: {folder}")
-    pattern = "**/*" if recursive else "*"
+    return folder
+
+
+def _linked_images(folder: Path, recursive: bool) -> list[Path]:
+    """Image files found by globbing (links to files are followed, as image tools do)."""
     found = []
-    for p in folder.glob(pattern):
+    for p in folder.glob("**/*" if recursive else "*"):
         rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.is_file() and is_image_file(p):
+        if not any(part.startswith(".") for part in rel.parts) and p.is_file() and is_image_file(p):
             found.append(rel)
+    return found
+
+
+def _own_images(folder: Path, recursive: bool) -> list[Path]:
+    """Image files that are regular files inside ``folder``; any visible link is refused before anything is opened."""
+    found = []
+    for rel, kind in walk_folder(folder, hidden=False, recursive=recursive):
+        if kind == "link":
+            raise InputError(f"{folder / rel}: symbolic link in a release folder; copy the file in instead "
+                             "(links are never followed)")
+        if kind == "file" and is_image_file(Path(rel)):
+            found.append(Path(rel))
+    return found
+
+
+def list_images(folder: Path, *, recursive: bool = True, follow_links: bool = True) -> list[Path]:
+    """Return the image files under ``folder``, sorted, as paths relative to ``folder``.
+
+    Hidden files and folders (names starting with ``.``) are skipped. ``follow_links=False`` is for releases:
+    a symbolic link anywhere in the (visible) tree raises :class:`InputError` naming it, before any file is
+    opened. Raises :class:`InputError` when the folder does not exist, is not a folder, or holds no image.
+    """
+    folder = _existing_folder(folder)
+    found = _linked_images(folder, recursive) if follow_links else _own_images(folder, recursive)
     if not found:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
     return sorted(found, key=lambda r: r.as_posix())
@@ -79,6 +142,18 @@ def _to_float_rgb(im: Image.Image, name: str) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) / 255.0
 
 
+def frame_count(im: Image.Image) -> int:
+    """Number of frames (pages) of an open image; 1 for formats that hold one picture."""
+    return int(getattr(im, "n_frames", 1) or 1)
+
+
+def _refuse_frames(im: Image.Image, name: str) -> None:
+    """Raise for a multi-frame image: the extra frames would go unchecked (see the module docstring)."""
+    n = frame_count(im)
+    if n > 1:
+        raise ImageError(f"{name}: multi-frame image ({n} frames); only single-frame images are supported")
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode image bytes into a float32 RGB array in [0, 1]. Raises :class:`ImageError`."""
     try:
@@ -87,6 +162,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(f"{name}: image too large ({im.width}x{im.height})")
+                _refuse_frames(im, name)
                 im.load()
                 arr = _to_float_rgb(im, name)
     except ImageError:
@@ -95,7 +171,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise ImageError(f"{name}: not an image file (format not recognised)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: image too large (more than {MAX_PIXELS} pixels)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
     h, w = arr.shape[:2]
     if min(h, w) < MIN_SIDE:

@@ -7,6 +7,14 @@ function of ``(dataset seed, patient index)``: its branching vessel tree, optic 
 pigmentation, choroidal tessellation and macula. A visit adds ``(visit index, seed)``: pose, illumination, blur,
 noise, and the lesions of its diabetic retinopathy (DR) grade.
 
+Identifiers: patient ``i`` of seed 0 is ``P{i:05d}`` (``P00012``); of any other seed ``s`` it is
+``S{s}-P{i:05d}`` (``S7-P00012``). Image ids add the visit: ``P00012-V1``, ``S7-P00012-V1``. Two datasets of
+different seeds hold different patients, so their ids must differ too: otherwise one could not serve as the
+holdout of the other (audits refuse a holdout that shares patient ids with the training set). Seed 0 keeps the
+plain form because the built-in default model was trained on ``--seed 0`` data and its training card, which
+names those files and fingerprints them, must keep matching the regenerated dataset. File names inside a
+dataset folder (``p00012_v1.png``) do not carry the seed: a folder holds one dataset.
+
 Geometry: identity is rendered in *patient coordinates* (units of field-of-view radius, origin at the FOV
 centre, x right, y down) and then warped by the visit's pose. The circular field of view belongs to the camera
 and stays centred: the pose moves the retina inside a fixed circle, black outside.
@@ -29,7 +37,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage, signal
 
 from ..errors import InputError
-from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..fsutil import staged_dir, write_durable
 from ..progress import NULL_PROGRESS, Progress
 from .images import encode_png
 
@@ -37,6 +45,8 @@ FOV_FRACTION = 0.92
 """Diameter of the circular field of view as a fraction of the image width."""
 MIN_SIZE, MAX_SIZE = 64, 2048
 """Supported image sizes in pixels (square images)."""
+MAX_PATIENTS, MAX_VISITS = 1_000_000, 100
+"""Largest dataset :func:`generate_phantom` writes: a bound on the request, not on what a disk could hold."""
 LABEL_COLUMNS = ("file_name", "image_id", "patient_id", "eye", "dr_grade", "amd", "glaucoma_suspect", "quality")
 """Columns of the ``labels.csv`` that :func:`generate_phantom` writes."""
 
@@ -95,8 +105,12 @@ class PhantomPatient:
 
     @property
     def patient_id(self) -> str:
-        """Public id of the patient, ``P`` + 5-digit index."""
-        return f"P{self.index:05d}"
+        """Public id: ``P`` + 5-digit index for seed 0, prefixed with ``S{seed}-`` for any other seed.
+
+        Unique across seeds (see the module docstring); seed 0's form is what the default model's card names.
+        """
+        plain = f"P{self.index:05d}"
+        return plain if self.seed == 0 else f"S{self.seed}-{plain}"
 
     @property
     def glaucoma_suspect(self) -> bool:
@@ -618,28 +632,23 @@ class PhantomDataset:
     glaucoma_suspects: int
 
 
-def _require_empty_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path is not a folder: {out}")
-    if out.is_dir() and any(out.iterdir()):
-        raise InputError(f"output folder is not empty: {out}")
+def _check_count(name: str, value: Any, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= high:
+        raise InputError(f"{name} must be between 1 and {high} (got {value!r})")
+    return int(value)
 
 
-def generate_phantom(out_dir: Path, *, patients: int, visits: int, size: int = 256, seed: int = 0,
-                     progress: Progress = NULL_PROGRESS) -> PhantomDataset:
-    """Write ``patients x visits`` phantom photographs ``p{patient:05d}_v{visit}.png`` and ``labels.csv``.
+def _labels_csv(rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LABEL_COLUMNS)
+    writer.writerows(rows)
+    return buf.getvalue()
 
-    Patients and visits are numbered from 0; image ids are ``P00012-V1``. Same arguments, byte-identical files.
-    Every file is written atomically; ``labels.csv`` comes last. Raises :class:`InputError` for bad counts,
-    sizes or seeds, or when ``out_dir`` exists and is not an empty folder.
-    """
-    out_dir = Path(out_dir)
-    for name, value in (("patients", patients), ("visits", visits)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise InputError(f"{name} must be at least 1 (got {value!r})")
-    size = _check_size(size)
-    seed = _nonneg_int("seed", seed)
-    _require_empty_dir(out_dir)
+
+def _write_images(folder: Path, *, patients: int, visits: int, size: int, seed: int,
+                  progress: Progress) -> tuple[list[list[Any]], list[int], int, int]:
+    """Render every visit into ``folder``; returns the label rows, DR grade counts, AMD and glaucoma patients."""
     rows, grades, amd, glaucoma = [], [0] * 5, 0, 0
     with progress.task("Rendering phantom fundus images", total=patients * visits) as task:
         for i in range(patients):
@@ -648,17 +657,33 @@ def generate_phantom(out_dir: Path, *, patients: int, visits: int, size: int = 2
             for visit in range(visits):
                 img, lab = render_visit(patient, visit=visit, size=size, seed=seed)
                 name = f"p{i:05d}_v{visit}.png"
-                atomic_write_bytes(out_dir / name, encode_png(img))
+                write_durable(folder / name, encode_png(img))
                 grades[lab["dr_grade"]] += 1
                 rows.append([name, lab["image_id"], lab["patient_id"], lab["eye"], lab["dr_grade"],
                              int(lab["amd"]), int(lab["glaucoma_suspect"]), f"{lab['quality']:.3f}"])
                 task.advance()
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LABEL_COLUMNS)
-    writer.writerows(rows)
-    labels_path = out_dir / "labels.csv"
-    atomic_write_text(labels_path, buf.getvalue())
-    return PhantomDataset(root=out_dir, labels_path=labels_path, patients=patients, visits=visits, size=size,
-                          seed=seed, images=len(rows), dr_grade_counts=tuple(grades), amd_patients=amd,
+    return rows, grades, amd, glaucoma
+
+
+def generate_phantom(out_dir: Path, *, patients: int, visits: int, size: int = 256, seed: int = 0,
+                     progress: Progress = NULL_PROGRESS) -> PhantomDataset:
+    """Write ``patients x visits`` phantom photographs ``p{patient:05d}_v{visit}.png`` and ``labels.csv``.
+
+    Patients and visits are numbered from 0; ids follow the module docstring (``P00012-V1`` for seed 0,
+    ``S7-P00012-V1`` for seed 7). Same arguments, byte-identical files. All or nothing: the dataset is built in
+    a hidden sibling of ``out_dir`` and renamed into place, so an error or interrupt (KeyboardInterrupt) leaves
+    ``out_dir`` as it was. Raises :class:`InputError` for counts outside 1-:data:`MAX_PATIENTS` patients and
+    1-:data:`MAX_VISITS` visits, bad sizes or seeds, or when ``out_dir`` exists and is not an empty folder.
+    """
+    out_dir = Path(out_dir)
+    patients = _check_count("patients", patients, MAX_PATIENTS)
+    visits = _check_count("visits", visits, MAX_VISITS)
+    size = _check_size(size)
+    seed = _nonneg_int("seed", seed)
+    with staged_dir(out_dir) as staging:
+        rows, grades, amd, glaucoma = _write_images(staging, patients=patients, visits=visits, size=size, seed=seed,
+                                                    progress=progress)
+        write_durable(staging / "labels.csv", _labels_csv(rows).encode("utf-8"))
+    return PhantomDataset(root=out_dir, labels_path=out_dir / "labels.csv", patients=patients, visits=visits,
+                          size=size, seed=seed, images=len(rows), dr_grade_counts=tuple(grades), amd_patients=amd,
                           glaucoma_suspects=glaucoma)

@@ -15,12 +15,12 @@ import csv
 import hashlib
 import io
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..fsutil import require_new_dir, staged_dir, write_durable
 from ..progress import NULL_PROGRESS, Progress
 from .folder import LABELS_FILE, ImageRecord, read_labels, scan_folder
 
@@ -89,13 +89,31 @@ def _labels_csv(header: list[str], rows: dict[str, dict[str, str]], records: lis
 
 
 def _check_output(src: Path, out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path is not a folder: {out}")
-    if out.is_dir() and any(out.iterdir()):
-        raise InputError(f"output folder is not empty: {out}")
+    require_new_dir(out)
     src_r, out_r = src.resolve(), out.resolve()
     if out_r == src_r or src_r in out_r.parents:
         raise InputError(f"output folder {out} must not be inside the source folder {src}")
+
+
+def _place_sides(staging: Path, sides: tuple[list[ImageRecord], list[ImageRecord]], progress: Progress) -> int:
+    """Link or copy each side's images under ``staging``; returns how many were hard-linked."""
+    linked = 0
+    with progress.task("Writing patient-disjoint split", total=sum(map(len, sides))) as task:
+        for side, recs in zip(SIDES, sides):
+            (staging / side).mkdir()
+            for r in recs:
+                linked += _place(r.path, staging / side / r.file_name)
+                task.advance()
+    return linked
+
+
+def _write_side_labels(staging: Path, labels_path: Path, sides: tuple[list[ImageRecord], list[ImageRecord]]) -> None:
+    """Give each side the rows of ``labels_path`` that name its own images, under the source's header."""
+    with open(labels_path, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+    rows = read_labels(labels_path)
+    for side, recs in zip(SIDES, sides):
+        write_durable(staging / side / LABELS_FILE, _labels_csv(header, rows, recs).encode("utf-8"))
 
 
 def write_split(src: Path, out: Path, *, holdout_fraction: float, seed: int,
@@ -104,7 +122,8 @@ def write_split(src: Path, out: Path, *, holdout_fraction: float, seed: int,
 
     Images keep their relative paths and are hard-linked when possible, else copied; when ``src`` has a
     labels.csv each side gets the rows of its own images. The folders are assembled in a hidden sibling of
-    ``out`` and renamed into place, so ``out`` is complete or absent. Without labels.csv every image counts as
+    ``out`` and renamed into place (:func:`~synfundus_guard.fsutil.staged_dir`), so ``out`` is complete or as it
+    was, also after an error or interrupt. Without labels.csv every image counts as
     its own patient; a warning goes to ``progress.log``. Raises :class:`InputError` for an unusable ``src``, an
     ``out`` that is not an empty folder or lies inside ``src``, or the conditions of :func:`split_by_patient`.
     """
@@ -121,29 +140,10 @@ def write_split(src: Path, out: Path, *, holdout_fraction: float, seed: int,
     elif unlabelled:
         progress.log(f"warning: {unlabelled} image(s) have no patient_id in {labels_path}; each is treated as its "
                      "own patient")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"  # not mkdtemp: that would make out 0700
-    staging.mkdir()
-    linked = 0
-    try:
-        with progress.task("Writing patient-disjoint split", total=len(records)) as task:
-            for side, recs in zip(SIDES, (train, holdout)):
-                (staging / side).mkdir()
-                for r in recs:
-                    linked += _place(r.path, staging / side / r.file_name)
-                    task.advance()
+    with staged_dir(out) as staging:
+        linked = _place_sides(staging, (train, holdout), progress)
         if has_labels:
-            with open(labels_path, newline="", encoding="utf-8-sig") as fh:
-                header = next(csv.reader(fh), [])
-            rows = read_labels(labels_path)
-            for side, recs in zip(SIDES, (train, holdout)):
-                (staging / side / LABELS_FILE).write_text(_labels_csv(header, rows, recs), encoding="utf-8")
-        if out.is_dir():
-            out.rmdir()  # empty, checked above; rename cannot replace a folder on every platform
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            _write_side_labels(staging, labels_path, (train, holdout))
     return SplitResult(
         out=out, train_dir=out / SIDES[0], holdout_dir=out / SIDES[1],
         train_images=len(train), holdout_images=len(holdout),

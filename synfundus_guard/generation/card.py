@@ -125,9 +125,14 @@ class TrainingCard:
 
 
 def write_card(model_dir: Path, card: TrainingCard) -> Path:
-    """Write the card atomically into ``model_dir``; returns its path."""
+    """Write the card atomically into ``model_dir``, owner-only (0600); returns its path.
+
+    The card names every training and holdout file and the training folder's path, so it is private even
+    where the model folder is copied with looser permissions; :meth:`TrainingCard.public_summary` is what
+    may travel.
+    """
     path = Path(model_dir) / CARD_FILE
-    atomic_write_json(path, card.to_dict())
+    atomic_write_json(path, card.to_dict(), private=True)
     return path
 
 

@@ -131,11 +131,31 @@ class Conditioning:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Conditioning":
-        """Inverse of :meth:`to_dict`. Raises :class:`ModelError` when malformed."""
+        """Inverse of :meth:`to_dict`, for a card read from disk (untrusted): every column, value and class is
+        checked against the same limits :meth:`from_labels` applies. Raises :class:`ModelError` when malformed."""
         try:
             columns = tuple(data["columns"])
             vocab = {c: tuple(str(v) for v in data["vocab"][c]) for c in columns}
             counts = {int(e["class"]): int(e["count"]) for e in data["classes"]}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"malformed conditioning in training card ({exc})") from None
-        return cls(columns=columns, vocab=vocab, counts=counts)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise ModelError(f"malformed conditioning in training card ({type(exc).__name__}: {exc})") from None
+        problems = _card_problems(columns, vocab, counts)
+        if problems:
+            raise ModelError("malformed conditioning in training card: " + "; ".join(problems))
+        return cls(columns=columns, vocab=vocab, counts=dict(sorted(counts.items())))
+
+
+def _card_problems(columns: tuple[Any, ...], vocab: dict[Any, tuple[str, ...]], counts: dict[int, int]) -> list[str]:
+    """Why conditioning read from a card is unusable: bad column names, vocabularies or class counts."""
+    if not columns or len(set(columns)) != len(columns) or not all(isinstance(c, str) and c for c in columns):
+        return ["columns must be distinct non-empty names"]
+    problems = [f"column {c!r} must have 1 to {MAX_VALUES_PER_COLUMN} distinct values" for c in columns
+                if not 1 <= len(vocab[c]) <= MAX_VALUES_PER_COLUMN or len(set(vocab[c])) != len(vocab[c])]
+    if problems:
+        return problems
+    total = math.prod(len(vocab[c]) for c in columns)
+    if total > MAX_CLASSES:
+        return [f"{total} label combinations (at most {MAX_CLASSES})"]
+    if not counts or any(not 0 <= k < total or n < 1 for k, n in counts.items()):
+        problems.append(f"classes must be indices in [0, {total}) with counts >= 1")
+    return problems

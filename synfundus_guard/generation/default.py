@@ -12,15 +12,15 @@ holdout). :func:`build_default_model` reproduces the shipped model; the same two
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ModelError
 from ..fsutil import atomic_write_json
 from ..progress import NULL_PROGRESS, Progress
+from ..safeload import read_json
 from .card import data_fingerprint
 from .model import DEFAULT_MODEL_DIR, LoadedModel
 
@@ -30,6 +30,14 @@ PHANTOM = {"patients": 200, "visits": 2, "size": 64, "seed": 0}
 TRAIN = {"steps": 4000, "resolution": 32, "batch_size": 16, "lr": 5e-4, "seed": 0, "channels": [32, 64, 64],
          "holdout_fraction": 0.2}
 """Arguments of :func:`synfundus_guard.generation.train.train_model` for the default model."""
+MAX_RECIPE_BYTES = 64 * 1024
+"""Largest recipe.json read (the shipped one is under 1 KB)."""
+MAX_RECIPE_PATIENTS, MAX_RECIPE_VISITS, MAX_RECIPE_SIZE = 10_000, 20, 512
+"""Bounds on each phantom argument a recipe may give."""
+MAX_RECIPE_PIXELS = 25 * 400 * 64 * 64
+"""Most pixels (images x side^2) a recipe may ask to regenerate: 25 times the shipped recipe's 400 images of 64 px,
+which take 15 s on one core, so an audit never spends more than a few minutes on a folder's say-so."""
+MAX_RECIPE_STEPS = 1_000_000
 
 
 def recipe() -> dict[str, Any]:
@@ -60,24 +68,85 @@ def build_default_model(out_dir: Path, *, data_dir: Path, progress: Progress = N
     return Path(out_dir)
 
 
+def _int_rule(low: int, high: int) -> tuple[str, Callable[[Any], bool]]:
+    return (f"an integer in [{low}, {high}]",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high)
+
+
+def _num_rule(low: float, high: float) -> tuple[str, Callable[[Any], bool]]:
+    return (f"a number in ({low:g}, {high:g}]",
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low < v <= high)
+
+
+_PHANTOM_RULES = {"patients": _int_rule(1, MAX_RECIPE_PATIENTS), "visits": _int_rule(1, MAX_RECIPE_VISITS),
+                  "size": _int_rule(64, MAX_RECIPE_SIZE), "seed": _int_rule(0, 2**32 - 1)}
+_TRAIN_RULES = {"steps": _int_rule(1, MAX_RECIPE_STEPS), "resolution": _int_rule(8, 512),
+                "batch_size": _int_rule(1, 4096), "lr": _num_rule(0, 1), "seed": _int_rule(0, 2**32 - 1),
+                "holdout_fraction": _num_rule(0, 0.999),
+                "channels": ("a list of 1 to 6 integers in [8, 1024]",
+                             lambda v: isinstance(v, list) and 1 <= len(v) <= 6
+                             and all(_int_rule(8, 1024)[1](c) for c in v))}
+
+
+def _section_problems(name: str, section: Any, rules: dict[str, tuple[str, Callable[[Any], bool]]],
+                      *, complete: bool) -> list[str]:
+    """Every unknown, missing (when ``complete``) or out-of-range key of one recipe section."""
+    if not isinstance(section, dict):
+        return [f"{name}: expected an object, got {type(section).__name__}"]
+    problems = [f"{name}.{key}: unknown key (allowed: {', '.join(rules)})" for key in section if key not in rules]
+    if complete:
+        problems += [f"{name}.{key}: required" for key in rules if key not in section]
+    problems += [f"{name}.{key}: must be {rules[key][0]}, got {section[key]!r}"[:200]
+                 for key in section if key in rules and not rules[key][1](section[key])]
+    return problems
+
+
+def recipe_problems(data: dict[str, Any]) -> list[str]:
+    """Every problem of a parsed recipe: unknown keys, wrong types, values out of the bounds above."""
+    problems = [f"{key}: unknown key (allowed: phantom, train, commands)" for key in data
+                if key not in ("phantom", "train", "commands")]
+    if "phantom" not in data:
+        problems.append("phantom: required")
+    else:
+        problems += _section_problems("phantom", data["phantom"], _PHANTOM_RULES, complete=True)
+        phantom = data["phantom"]
+        if not problems and phantom["patients"] * phantom["visits"] * phantom["size"] ** 2 > MAX_RECIPE_PIXELS:
+            problems.append(f"phantom: {phantom['patients']} patients x {phantom['visits']} visits of "
+                            f"{phantom['size']} px exceed {MAX_RECIPE_PIXELS} pixels")
+    if "train" in data:
+        problems += _section_problems("train", data["train"], _TRAIN_RULES, complete=False)
+    commands = data.get("commands", [])
+    if not isinstance(commands, list) or len(commands) > 10 or not all(isinstance(c, str) for c in commands):
+        problems.append("commands: must be a list of at most 10 strings")
+    return problems
+
+
 def read_recipe(model_dir: Path) -> dict[str, Any] | None:
-    """The phantom recipe of a model folder, or None when it has none."""
+    """The phantom recipe of a model folder, or None when it has none.
+
+    The recipe decides how much work an audit does before it starts (it regenerates the training data), and a
+    model folder may come from anyone, so it is validated strictly first: known keys only, integers in bounds.
+    Raises :class:`ModelError` listing every problem.
+    """
     path = Path(model_dir) / RECIPE_FILE
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {"phantom": dict(data["phantom"])}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path}: malformed recipe ({exc})") from None
+        data = read_json(path, error=ModelError, expect=dict, max_bytes=MAX_RECIPE_BYTES)
+    except FileNotFoundError:
+        return None
+    problems = recipe_problems(data)
+    if problems:
+        raise ModelError(f"{path}: malformed recipe: " + "; ".join(problems))
+    return {"phantom": dict(data["phantom"])}
 
 
 def training_data_dir(model: LoadedModel, *, cache_dir: Path, progress: Progress = NULL_PROGRESS) -> Path:
     """The folder holding the images the model's card names (train and holdout splits).
 
     The card's ``train_dir`` when it still holds them unchanged (same data fingerprint); otherwise, for a model
-    with a phantom recipe (the built-in default), the phantom regenerated under ``cache_dir``. Raises :class:`ModelError` for a model
-    without a card, or whose training data cannot be found or regenerated.
+    with a phantom recipe (the built-in default), the phantom regenerated under ``cache_dir``. Raises
+    :class:`ModelError` for a model without a card, or whose training data cannot be found or regenerated.
     """
     card = model.card
     if card is None:

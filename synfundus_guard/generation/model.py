@@ -8,6 +8,7 @@ and ``training_card.json``. :func:`load_model` also accepts a pipeline folder tr
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -19,12 +20,23 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from ..errors import ModelError
 from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
-from .card import TrainingCard, read_card
-from .conditioning import Conditioning
+from ..safeload import read_json
+from .card import CARD_FILE, TrainingCard
+from .conditioning import MAX_CLASSES, Conditioning
 
 MODEL_INDEX = "model_index.json"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 """The built-in model for phantom fundus data (see :mod:`synfundus_guard.generation.default`)."""
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+"""Largest JSON file of a model folder read (a card naming 10^5 training files is ~10 MB)."""
+MAX_TRAIN_TIMESTEPS = 100_000
+"""Most noise levels a scheduler may have (diffusers models use 1000; each costs memory in every schedule)."""
+MAX_SAMPLE_SIZE = 1024
+MAX_LEVELS, MAX_WIDTH, MAX_LAYERS_PER_BLOCK = 8, 4096, 8
+"""Bounds on an untrusted UNet config, checked before ``from_pretrained`` allocates its weights."""
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+"""Noise schedules DDIM sampling supports."""
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def build_unet(*, resolution: int, block_out_channels: Sequence[int], num_classes: int | None = None,
@@ -115,13 +127,93 @@ class LoadedModel:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A model folder's JSON file, read with :mod:`~synfundus_guard.safeload`'s size and nesting bounds."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable {what} ({exc})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: malformed {what}")
-    return data
+        return read_json(path, error=ModelError, expect=dict, max_bytes=MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing {what}") from None
+
+
+def read_training_card(model_dir: Path) -> TrainingCard | None:
+    """The folder's training card, or None when it has none. Raises :class:`ModelError` when malformed.
+
+    :func:`~.card.read_card` with the size and nesting bounds of every other JSON file of an untrusted folder
+    (a deeply nested card made ``json.loads`` raise ``RecursionError``); card.py should adopt it.
+    """
+    path = model_dir / CARD_FILE
+    if not path.is_file():
+        return None
+    return TrainingCard.from_dict(_read_json(path, "training card"), source=str(path))
+
+
+def _int_problem(cfg: dict[str, Any], key: str, low: int, high: int) -> str | None:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"{key} must be an integer in [{low}, {high}], got {value!r}"
+    return None
+
+
+def _unit_problem(value: Any, key: str) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        return f"{key} must be a number in (0, 1), got {value!r}"
+    return None
+
+
+def _scheduler_problems(cfg: dict[str, Any]) -> list[str]:
+    """Why a scheduler config cannot drive sampling (empty when it can), checked before diffusers sees it.
+
+    A negative or huge ``num_train_timesteps`` otherwise fails deep inside sampling or allocates without bound.
+    """
+    problems = [_int_problem(cfg, "num_train_timesteps", 1, MAX_TRAIN_TIMESTEPS)]
+    if cfg.get("beta_schedule", "linear") not in BETA_SCHEDULES:
+        problems.append(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {cfg.get('beta_schedule')!r}")
+    if cfg.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+        problems.append(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
+                        f"got {cfg.get('prediction_type')!r}")
+    problems += [_unit_problem(cfg[k], k) for k in ("beta_start", "beta_end") if k in cfg]
+    if "steps_offset" in cfg:
+        problems.append(_int_problem(cfg, "steps_offset", 0, MAX_TRAIN_TIMESTEPS))
+    betas = cfg.get("trained_betas")
+    if betas is not None and (not isinstance(betas, (list, tuple)) or len(betas) != cfg.get("num_train_timesteps")
+                              or any(_unit_problem(b, "beta") for b in betas)):
+        problems.append("trained_betas must be null or num_train_timesteps numbers in (0, 1)")
+    return [p for p in problems if p]
+
+
+def _unet_problems(cfg: dict[str, Any]) -> list[str]:
+    """Why a UNet config is not one the sampler can use or afford (checked before any weight is allocated)."""
+    problems = [f"{key} must be 3 (RGB images), got {cfg.get(key)!r}" for key in ("in_channels", "out_channels")
+                if type(cfg.get(key)) is not int or cfg.get(key) != 3]
+    size = cfg.get("sample_size")
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:  # square sizes may be given as a pair
+        size = size[0]
+    problems.append(_int_problem({"sample_size": size}, "sample_size", 8, MAX_SAMPLE_SIZE))
+    problems.append(_int_problem(cfg, "layers_per_block", 1, MAX_LAYERS_PER_BLOCK))
+    widths = cfg.get("block_out_channels")
+    if not isinstance(widths, (list, tuple)) or not 1 <= len(widths) <= MAX_LEVELS \
+            or any(_int_problem({"width": w}, "width", 1, MAX_WIDTH) for w in widths):
+        problems.append(f"block_out_channels must list 1 to {MAX_LEVELS} integers in [1, {MAX_WIDTH}]")
+    if cfg.get("num_class_embeds") is not None:
+        problems.append(_int_problem(cfg, "num_class_embeds", 1, MAX_CLASSES))
+    return [p for p in problems if p]
+
+
+def _with_defaults(cls: type, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` over the defaults of ``cls.__init__``: what diffusers itself fills in for keys a config omits."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {**{p.name: p.default for p in params if p.default is not p.empty}, **cfg}
+
+
+def _checked_configs(model_dir: Path) -> dict[str, Any]:
+    """The scheduler config, after both configs passed their checks. Raises :class:`ModelError` listing all."""
+    unet_cfg = _read_json(model_dir / "unet" / "config.json", "unet config")
+    sched_cfg = _read_json(model_dir / "scheduler" / "scheduler_config.json", "scheduler config")
+    problems = [f"unet/config.json: {p}" for p in _unet_problems(_with_defaults(UNet2DModel, unet_cfg))]
+    problems += [f"scheduler/scheduler_config.json: {p}"
+                 for p in _scheduler_problems(_with_defaults(DDIMScheduler, sched_cfg))]
+    if problems:
+        raise ModelError(f"{model_dir}: cannot load the diffusers model (unusable config: {'; '.join(problems)})")
+    return sched_cfg
 
 
 def _check_pipeline_index(model_dir: Path) -> None:
@@ -147,7 +239,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise ModelError(f"model folder not found: {model_dir}")
     if not model_dir.is_dir():
         raise ModelError(f"not a model folder: {model_dir}")
-    card = read_card(model_dir)
+    card = read_training_card(model_dir)
     if card is None:
         if not (model_dir / MODEL_INDEX).is_file():
             raise ModelError(f"not a diffusers model folder (no model_index.json or training card): {model_dir}")
@@ -155,7 +247,7 @@ def load_model(model_dir: Path) -> LoadedModel:
     for sub, name in (("unet", "config.json"), ("scheduler", "scheduler_config.json")):
         if not (model_dir / sub / name).is_file():
             raise ModelError(f"{model_dir}: missing {sub}/{name}; not a complete diffusers model folder")
-    sched_cfg = _read_json(model_dir / "scheduler" / "scheduler_config.json", "scheduler config")
+    sched_cfg = _checked_configs(model_dir)
     # diffusers logs (not raises) on some config mismatches; keep the terminal clean and fail on real errors.
     dlog = logging.getLogger("diffusers")
     level = dlog.level
@@ -163,8 +255,8 @@ def load_model(model_dir: Path) -> LoadedModel:
     try:
         unet = UNet2DModel.from_pretrained(model_dir / "unet")
         scheduler = sampling_scheduler(sched_cfg)
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - the folder is untrusted input: any failure to load it is a ModelError
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{model_dir}: cannot load the diffusers model ({first})") from None
     finally:
         dlog.setLevel(level)

@@ -53,15 +53,32 @@ class Trainer:
                 "accountant": self.private.engine.accountant.state_dict() if self.private else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Restore a checkpoint; returns the step to continue from."""
+        """Restore a checkpoint; returns the step to continue from.
+
+        Raises ``ValueError`` (or torch's ``RuntimeError``) for a state that does not fit this model, before the
+        first training step would trip over it.
+        """
         self.unet.load_state_dict(state["unet"])
-        self.ema = state["ema"]
+        self.ema = self._checked_ema(state["ema"])
+        if not (state["loss"] is None or type(state["loss"]) is float):
+            raise ValueError(f"running loss must be a number, got {type(state['loss']).__name__}")
         self.base_optimizer.load_state_dict(state["optimizer"])
         self.g.set_state(state["generator"])
         self.running_loss = state["loss"]
         if self.private is not None:
             self.private.engine.accountant.load_state_dict(state["accountant"])
         return int(state["step"])
+
+    def _checked_ema(self, ema: Any) -> dict[str, torch.Tensor]:
+        """``ema`` when it holds a tensor of the model's shape and dtype for every weight, else ``ValueError``."""
+        own = self.unet.state_dict()
+        if not isinstance(ema, dict) or set(ema) != set(own):
+            raise ValueError("EMA weights do not name the model's parameters")
+        for key, value in own.items():
+            theirs = ema[key]
+            if not isinstance(theirs, torch.Tensor) or theirs.shape != value.shape or theirs.dtype != value.dtype:
+                raise ValueError(f"EMA weight {key} does not match the model")
+        return ema
 
     def ema_unet(self) -> torch.nn.Module:
         """The UNet carrying the EMA weights (what is saved)."""

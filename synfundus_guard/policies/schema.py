@@ -6,6 +6,12 @@ keys, wrong types, out-of-range values), so one CI run shows all of them.
 
 Thresholds for distance-like checks are never absolute constants: a policy names a *quantile* of the
 holdout (other-patient) distribution, and calibration turns it into a threshold for the data at hand.
+
+Policy files come from CI configs and pull requests, so the YAML is read with bounds: at most
+:data:`MAX_POLICY_BYTES`, nesting at most :data:`MAX_POLICY_DEPTH` deep, and no anchors or aliases at all (a
+policy never needs them, and nine nested aliases of nine items expand to 10^9 nodes: the "billion laughs" that
+took 100 s and 5.8 GB before this check). The structure is checked on the YAML event stream, which the parser
+produces iteratively without building or expanding anything, before a single node is constructed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ import yaml
 
 from ..errors import PolicyError
 from ..fsutil import sha256_bytes
+
+MAX_POLICY_BYTES = 1024 * 1024
+"""Largest policy file accepted (the shipped ones are under 2 KB)."""
+MAX_POLICY_DEPTH = 16
+"""Deepest nesting of mappings/sequences accepted (the schema itself is three levels deep)."""
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class Action(str, enum.Enum):
@@ -211,14 +223,49 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
-    """Parse and validate policy YAML. Raises :class:`PolicyError` listing every problem."""
+def _structure_problem(text: str) -> str | None:
+    """The first anchor, alias or too-deep nesting in ``text``, found on parser events (no recursion, no expansion).
+
+    Raises ``yaml.YAMLError`` for text that is not YAML.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        where = f"line {event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            return f"{where}: YAML anchors and aliases are not allowed in policies (found {event.anchor!r})"
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_POLICY_DEPTH:
+                return f"{where}: nested deeper than {MAX_POLICY_DEPTH} levels"
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """The YAML document in ``text`` after the bounds checks. Raises :class:`PolicyError` naming the problem."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_POLICY_BYTES:
+        raise PolicyError(source, [f"file too large ({size} bytes; at most {MAX_POLICY_BYTES})"])
     try:
-        data = yaml.safe_load(text)
+        problem = _structure_problem(text)
+        if problem is None:
+            return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader, structure checked above
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
-        raise PolicyError(source, [f"not valid YAML{at}"]) from None
+        if "nesting depth" in str(getattr(exc, "problem", "")):  # libyaml's own cap, beyond ours
+            problem = f"nested deeper than {MAX_POLICY_DEPTH} levels{at}"
+        else:
+            problem = f"not valid YAML{at}"
+    except ValueError as exc:  # e.g. an integer longer than Python's int-string digit limit
+        problem = f"not valid YAML ({exc})"
+    raise PolicyError(source, [problem])
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
+    """Parse and validate policy YAML. Raises :class:`PolicyError` listing every problem."""
+    data = _load_yaml(text, source)
     problems: list[str] = []
     policy = _build(Policy, data, "", problems)
     if problems or policy is None:
@@ -228,13 +275,24 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
     return policy
 
 
+def _read_policy_text(path: Path) -> str:
+    """The file's text. Reads at most one byte past the size cap, so /dev/zero or a huge file costs nothing."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_POLICY_BYTES + 1)
+    except FileNotFoundError:
+        raise PolicyError(str(path), ["file not found"]) from None
+    except OSError as exc:
+        raise PolicyError(str(path), [f"cannot read ({exc.strerror or exc})"]) from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(str(path), [f"file too large (more than {MAX_POLICY_BYTES} bytes)"])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
+
+
 def load_policy(path: Path) -> Policy:
     """Load and validate a policy file. Raises :class:`PolicyError` (exit 2) on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError(str(path), ["file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(str(path), [f"cannot read ({exc})"]) from None
-    return parse_policy(text, source=str(path))
+    return parse_policy(_read_policy_text(path), source=str(path))

@@ -18,9 +18,25 @@ Signing: when the environment variable ``GUARD_MANIFEST_KEY`` is set (non-empty)
 manifest without that field (so it covers ``root_sha256`` and also verdicts, fingerprints and the metadata hash).
 :func:`verify_release` checks it when the key is set; a wrong or missing signature is a problem (not ok).
 
-Files whose name starts with ``.`` are not part of a release (common loaders skip them); verification reports
-them as notes. Manifest paths come from an untrusted file: each is validated with :mod:`~synfundus_guard.fsutil`
-before anything is read, and no file outside the release is ever opened.
+What a release may hold: the listed images, ``manifest.json``, ``metadata.jsonl`` and the top-level files named in
+:data:`ALLOWED_EXTRA` (``README.md``, ``LICENSE``, ``croissant.json``: dataset cards that hubs and loaders look
+for; allowed, not hashed, and verification notes that they are not covered). Verification reports every other
+file as *added*, whatever its extension, hidden or not: a ``patients.csv`` or a ``.notes.txt`` dropped into a
+published folder leaks as surely as an extra image. Hidden files are never sealed: :func:`build_manifest` skips
+them (the release writer seals while its own ``.guard/`` state folder still exists, and removes it right after)
+and :func:`write_manifest` refuses them, so a folder it seals always verifies.
+
+Symbolic links are never followed. :func:`build_manifest` refuses a link (to a file or a folder) by name before
+any file is opened; :func:`verify_release` reports it as added and as a problem without reading through it. A
+link's target can change after sealing, or be a patient image outside the release. Manifest paths come from an
+untrusted file: each is validated with :mod:`~synfundus_guard.fsutil` before anything is read, and JSON is parsed
+with :mod:`~synfundus_guard.safeload` (size and nesting bounds), so a hostile manifest or metadata file is a
+one-line :class:`~synfundus_guard.errors.ManifestError`, never a crash.
+
+:func:`save_manifest` publishes the pair all-or-nothing: both files are staged as hidden temp files beside their
+final names, then renamed metadata first, manifest second; if the second rename fails, the previous
+``metadata.jsonl`` is put back (or the new one removed). Only a power cut between the two renames can leave new
+metadata beside an old manifest, and verification then reports the metadata hash mismatch.
 """
 
 from __future__ import annotations
@@ -30,6 +46,8 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
+import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -39,10 +57,11 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from .. import __version__
-from ..data.images import is_image_file, list_images
+from ..data.images import IMAGE_EXTENSIONS, is_image_file, walk_folder
 from ..errors import ImageError, InputError, ManifestError
-from ..fsutil import atomic_write_bytes, atomic_write_json, safe_join, safe_relpath, sha256_bytes, sha256_file
+from ..fsutil import fsync_dir, safe_join, safe_relpath, sha256_bytes, sha256_file
 from ..progress import NULL_PROGRESS, Progress
+from ..safeload import MAX_JSON_BYTES, parse_json, read_json
 from .report import PRIVATE_DIR
 
 SCHEMA = "synfundus-guard/manifest/v1"
@@ -53,6 +72,9 @@ RESERVED_FIELDS = frozenset({"file_name", "sha256", "size", "width", "height"})
 """Keys of a manifest file entry that per-image fields may not use."""
 PRIVATE_MARKERS = (f"{PRIVATE_DIR}/evidence.json", "reasons.jsonl")
 """Files that belong to a private report or a quarantine; a release holding one is refused."""
+ALLOWED_EXTRA = ("README.md", "LICENSE", "croissant.json")
+"""Top-level regular files a release may hold beside its images without being listed (dataset cards). They are
+not hashed, so verification notes each one as not covered by the manifest. Keep this list short."""
 
 
 @dataclass(frozen=True)
@@ -62,15 +84,38 @@ class VerifyResult:
     ok: bool
     """True when nothing was added, removed or modified and there is no problem."""
     added: tuple[str, ...] = ()
-    """Image files in the release that the manifest does not list."""
+    """Files in the release the manifest does not list: any extension, hidden files and links included."""
     removed: tuple[str, ...] = ()
     """Files the manifest lists that are missing."""
     modified: tuple[str, ...] = ()
-    """Listed files whose size or sha256 differs (or that are no longer regular files)."""
+    """Listed files whose size or sha256 differs, or that are no longer regular files (a link, a folder)."""
     problems: tuple[str, ...] = ()
-    """Other failures, one line each: root hash, metadata, signature, private files inside the release."""
+    """Other failures, one line each: root hash, metadata, signature, links, private files inside the release."""
     notes: tuple[str, ...] = ()
-    """Information that does not fail verification (hidden files ignored, signature not checked)."""
+    """Information that does not fail verification (allow-listed files not covered, signature not checked)."""
+
+
+@dataclass(frozen=True)
+class ReleaseContents:
+    """Everything under a release folder, sorted by kind; found without opening or following anything."""
+
+    images: tuple[str, ...]
+    """Visible regular files with an image extension: what a manifest seals."""
+    hidden: tuple[str, ...]
+    """Regular files with a part of their path starting with ``.`` (never sealed)."""
+    extras: tuple[str, ...]
+    """Visible regular files that are not images, the manifest pair or in :data:`ALLOWED_EXTRA`."""
+    links: tuple[str, ...]
+    """Symbolic links to anything (never followed)."""
+    others: tuple[str, ...]
+    """FIFOs, sockets, devices (never opened: reading one can block)."""
+    allowed: tuple[str, ...]
+    """The :data:`ALLOWED_EXTRA` files present."""
+
+    def unlisted(self, listed: set[str]) -> tuple[str, ...]:
+        """Every path that is not listed, not the manifest pair and not an allowed extra."""
+        every = set(self.images + self.hidden + self.extras + self.links + self.others)
+        return tuple(sorted(every - listed))
 
 
 def root_sha256(files: list[dict[str, Any]]) -> str:
@@ -89,21 +134,31 @@ def render_metadata(manifest: dict[str, Any]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
+def _read_bounded_text(path: Path) -> str:
+    """The UTF-8 text of a metadata file; a link or a file too large to be one of ours is refused unread."""
+    try:
+        if path.is_symlink():
+            raise ManifestError(f"{path} is a symbolic link; a release holds regular files only")
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ManifestError(f"{path}: file too large ({size} bytes; at most {MAX_JSON_BYTES})")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def read_metadata(release_dir: Path) -> dict[str, dict[str, Any]]:
-    """Read an existing ``metadata.jsonl`` into ``{file_name: fields}``. Raises :class:`ManifestError`."""
+    """Read an existing ``metadata.jsonl`` into ``{file_name: fields}``.
+
+    Raises :class:`ManifestError` for a link, a file too large, a line that is not JSON or is nested too deeply,
+    and a missing or repeated ``file_name``.
+    """
     path = Path(release_dir) / METADATA_NAME
     rows: dict[str, dict[str, Any]] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read {path}: {exc}") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(_read_bounded_text(path).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}: line {lineno} is not JSON ({exc.msg})") from None
+        row = parse_json(line, f"{path}: line {lineno}", error=ManifestError)
         name = row.get("file_name") if isinstance(row, dict) else None
         if not isinstance(name, str) or name in rows:
             raise ManifestError(f"{path}: line {lineno} has a missing or repeated file_name")
@@ -120,7 +175,7 @@ def signature(manifest: dict[str, Any], key: bytes) -> str:
 
 def _env_key() -> bytes | None:
     value = os.environ.get(KEY_ENV, "")
-    return value.encode("utf-8") if value else None
+    return value.encode("utf-8", "surrogateescape") if value else None  # a key of undecodable bytes is a key too
 
 
 def _image_size(path: Path, name: str) -> tuple[int, int]:
@@ -136,22 +191,58 @@ def _image_size(path: Path, name: str) -> tuple[int, int]:
         raise ImageError(f"{name!r}: unreadable image header ({exc})") from None
 
 
-def _inside(root: Path, name: str) -> Path:
-    """Resolve a scanned file; a link that points outside the release is refused, never read."""
-    full = (root / name).resolve()
-    if root.resolve() not in full.parents:
-        raise ManifestError(f"{name!r} is a link that points outside the release; copy the file in instead")
-    return full
+def _kind_of(rel: str, kind: str) -> str | None:
+    """The :class:`ReleaseContents` field for one walked entry; None for the manifest pair itself."""
+    if kind != "file":
+        return "links" if kind == "link" else "others"
+    if any(part.startswith(".") for part in rel.split("/")):
+        return "hidden"
+    if rel in (MANIFEST_NAME, METADATA_NAME):
+        return None
+    if rel in ALLOWED_EXTRA:
+        return "allowed"
+    return "images" if is_image_file(Path(rel)) else "extras"
 
 
-def _private_files(root: Path) -> list[str]:
-    found = []
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            rel = (Path(dirpath) / f).relative_to(root).as_posix()
-            if any(rel == m or rel.endswith("/" + m) for m in PRIVATE_MARKERS):
-                found.append(rel)
-    return sorted(found)
+def release_contents(release_dir: Path) -> ReleaseContents:
+    """Classify everything under ``release_dir`` (see :class:`ReleaseContents`); nothing is opened or followed.
+
+    Raises :class:`InputError` when the folder is missing, is not a folder, or a subfolder cannot be listed.
+    """
+    root = Path(release_dir)
+    if not root.is_dir():
+        raise InputError(f"{'not a folder' if root.exists() else 'folder not found'}: {root}")
+    kinds: dict[str, list[str]] = {k: [] for k in ("images", "hidden", "extras", "links", "others", "allowed")}
+    for rel, kind in walk_folder(root):
+        field = _kind_of(rel, kind)
+        if field is not None:
+            kinds[field].append(rel)
+    return ReleaseContents(**{k: tuple(sorted(v)) for k, v in kinds.items()})
+
+
+def _private_files(contents: ReleaseContents) -> list[str]:
+    every = contents.extras + contents.hidden
+    return sorted(f for f in every if any(f == m or f.endswith("/" + m) for m in PRIVATE_MARKERS))
+
+
+def _sealable(contents: ReleaseContents) -> list[str]:
+    """The images to seal; raises for anything a sealed release may not hold, before any file is opened."""
+    if contents.links:
+        raise ManifestError(f"{contents.links[0]!r} is a symbolic link; a release holds regular files only "
+                            "(links are never followed): copy the file in instead")
+    private = _private_files(contents)
+    if private:
+        raise ManifestError(f"private file inside the release: {private[0]!r}; move it out first")
+    stray = contents.extras + contents.others
+    if stray:
+        raise InputError(f"{stray[0]!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor an allowed extra "
+                         f"({', '.join(ALLOWED_EXTRA)}); move it out of the release first")
+    for name in contents.images:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"file name {ascii(name)} is not valid UTF-8; rename it") from None
+    return list(contents.images)
 
 
 def _check_entries(entries: dict[str, dict[str, Any]], names: set[str]) -> None:
@@ -162,6 +253,14 @@ def _check_entries(entries: dict[str, dict[str, Any]], names: set[str]) -> None:
         clash = sorted(RESERVED_FIELDS & set(fields))
         if clash:
             raise InputError(f"entry for {name!r} uses reserved field(s) {', '.join(clash)}")
+
+
+def _file_entry(root: Path, name: str) -> dict[str, Any]:
+    """Hash, size and pixel size of one release file (the scan showed no part of its path is a link)."""
+    path = root / name
+    width, height = _image_size(path, name)
+    return {"file_name": name, "sha256": sha256_file(path), "size": path.stat().st_size,
+            "width": width, "height": height}
 
 
 def build_manifest(
@@ -175,24 +274,22 @@ def build_manifest(
     """Hash every image of ``release_dir`` and return the manifest dict (nothing is written).
 
     ``entries`` maps file names to per-image fields (verdict, seed, labels, scores); ``fingerprints`` and
-    ``run`` are stored as given. Raises :class:`InputError` for a missing or image-less folder or bad entries,
-    :class:`ImageError` for an unreadable image, :class:`ManifestError` for a link pointing outside the release
-    or a private report / quarantine file inside it.
+    ``run`` are stored as given. Hidden files are skipped (see the module docstring). Raises
+    :class:`InputError` for a missing or image-less folder, a file that is neither an image nor an allowed extra,
+    or bad entries; :class:`ImageError` for an unreadable image; :class:`ManifestError` for a symbolic link or a
+    private report / quarantine file inside the release. Links and stray files are refused before any file is
+    opened.
     """
     root = Path(release_dir)
     entries = entries or {}
-    names = [p.as_posix() for p in list_images(root)]
-    private = _private_files(root)
-    if private:
-        raise ManifestError(f"private file inside the release: {private[0]!r}; move it out first")
+    names = _sealable(release_contents(root))
+    if not names:
+        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
     _check_entries(entries, set(names))
     files = []
     with progress.task("Hashing release images", total=len(names)) as task:
         for name in names:
-            path = _inside(root, name)
-            width, height = _image_size(path, name)
-            entry = {"file_name": name, "sha256": sha256_file(path), "size": path.stat().st_size}
-            files.append({**entries.get(name, {}), **entry, "width": width, "height": height})
+            files.append({**entries.get(name, {}), **_file_entry(root, name)})
             task.advance()
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
@@ -217,25 +314,102 @@ def build_manifest(
     return manifest
 
 
-def save_manifest(release_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``metadata.jsonl`` then ``manifest.json`` atomically (signed when ``GUARD_MANIFEST_KEY`` is set).
-
-    Returns the manifest path. The metadata goes first: a crash in between leaves no manifest, never a
-    manifest whose metadata hash points at a missing file.
-    """
-    root = Path(release_dir)
+def _render_pair(manifest: dict[str, Any]) -> tuple[bytes, bytes]:
+    """``metadata.jsonl`` and ``manifest.json`` bytes (the manifest signed when a key is set)."""
     manifest = {k: v for k, v in manifest.items() if k != "hmac_sha256"}
     key = _env_key()
     try:
         metadata = render_metadata(manifest)
         if key is not None:
             manifest["hmac_sha256"] = signature(manifest, key)
+        text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise InputError(f"manifest is not JSON-serialisable: {exc}") from None
-    atomic_write_bytes(root / METADATA_NAME, metadata)
-    path = root / MANIFEST_NAME
-    atomic_write_json(path, manifest)
-    return path
+    return metadata, text.encode("utf-8")
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new hidden temp file beside ``path`` and fsync it; returns the temp path.
+
+    ``open(..., "xb")`` creates it exclusively with the usual permissions (0666 less the umask). A leftover of a
+    crash matches the release writer's cleanup pattern (``.manifest.json.*.tmp``, ``.metadata.jsonl.*.tmp``).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _keep_previous(path: Path) -> Path | None:
+    """A hard link (or copy) of the current ``path`` to put back on failure; None when there is none to keep."""
+    if not os.path.lexists(path) or (path.is_dir() and not path.is_symlink()):
+        return None
+    backup = path.with_name(f".{path.name}.{secrets.token_hex(8)}.prev.tmp")
+    try:
+        os.link(path, backup, follow_symlinks=False)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(path, backup, follow_symlinks=False)
+    return backup
+
+
+def _replace_or_restore(staged: Path, dest: Path, meta: Path, backup: Path | None) -> None:
+    """Rename the staged manifest into place; when that fails, put the previous metadata back and re-raise.
+
+    Only errors and Ctrl-C restore: a process that dies here runs no code, and the release writer's resume
+    removes the lone metadata (the crash tests simulate death with a bare ``BaseException``).
+    """
+    try:
+        os.replace(staged, dest)
+    except (Exception, KeyboardInterrupt):
+        if backup is not None:
+            os.replace(backup, meta)
+        else:
+            meta.unlink(missing_ok=True)
+        raise
+
+
+def save_manifest(release_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``metadata.jsonl`` and ``manifest.json`` all-or-nothing (signed when ``GUARD_MANIFEST_KEY`` is set).
+
+    Returns the manifest path. Both files are staged and fsynced first; then metadata is renamed into place and
+    the folder fsynced (so the metadata is durable before any manifest names its hash), then the manifest. If
+    the manifest step fails, the previous ``metadata.jsonl`` is restored (or the new one removed). Raises
+    :class:`InputError` for a manifest that is not JSON-serialisable and :class:`ManifestError` when the files
+    cannot be written (the previous pair is kept); no temp file is left behind either way.
+    """
+    root = Path(release_dir)
+    metadata, body = _render_pair(manifest)
+    try:
+        _publish(root, metadata, body)
+    except OSError as exc:
+        raise ManifestError(f"cannot write {MANIFEST_NAME} and {METADATA_NAME} in {root}: "
+                            f"{exc.strerror or exc}; the previous files were kept") from None
+    return root / MANIFEST_NAME
+
+
+def _publish(root: Path, metadata: bytes, body: bytes) -> None:
+    """Stage both files, rename metadata then manifest, restore the metadata if the manifest step fails."""
+    meta, dest = root / METADATA_NAME, root / MANIFEST_NAME
+    leftovers: list[Path | None] = []
+    try:
+        leftovers.append(_stage(meta, metadata))
+        leftovers.append(_stage(dest, body))
+        leftovers.append(_keep_previous(meta))
+        staged_meta, staged_manifest, backup = leftovers
+        os.replace(staged_meta, meta)
+        fsync_dir(root)
+        _replace_or_restore(staged_manifest, dest, meta, backup)
+    finally:
+        for tmp in leftovers:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+    fsync_dir(root)
 
 
 def write_manifest(
@@ -246,7 +420,15 @@ def write_manifest(
     run: dict[str, Any] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> Path:
-    """:func:`build_manifest` then :func:`save_manifest`; returns the ``manifest.json`` path."""
+    """:func:`build_manifest` then :func:`save_manifest`; returns the ``manifest.json`` path.
+
+    Unlike :func:`build_manifest`, a hidden file is refused (:class:`InputError` naming it): it would not be
+    sealed, and verification would then report it, so the freshly sealed folder would not verify.
+    """
+    hidden = release_contents(release_dir).hidden
+    if hidden:
+        raise InputError(f"hidden file {hidden[0]!r} in the release: hidden files are never sealed and verify "
+                         "reports them; remove it first")
     manifest = build_manifest(release_dir, entries=entries, fingerprints=fingerprints, run=run, progress=progress)
     return save_manifest(release_dir, manifest)
 
@@ -267,24 +449,29 @@ def _check_file_entry(i: int, f: Any, seen: set[str]) -> str:
     return name
 
 
+def _load_manifest(root: Path) -> Any:
+    """Parse ``manifest.json`` with size and nesting bounds; a link is refused unread."""
+    path = root / MANIFEST_NAME
+    if path.is_symlink():
+        raise ManifestError(f"{path} is a symbolic link; a release holds regular files only")
+    try:
+        return read_json(path, error=ManifestError)
+    except FileNotFoundError:
+        raise ManifestError(f"no {MANIFEST_NAME} in {root}; run `guard manifest {root}` first") from None
+
+
 def read_manifest(release_dir: Path) -> dict[str, Any]:
     """Load and validate ``manifest.json``; every listed path is checked to stay inside the release.
 
-    Raises :class:`ManifestError` when the file is missing, not JSON, of another schema, malformed, or lists
-    an unsafe path (absolute, ``..``, backslash, or a link resolving outside the release).
+    Raises :class:`ManifestError` when the file is missing, a link, too large, not JSON or too deeply nested, of
+    another schema, malformed, or lists an unsafe path (absolute, ``..``, backslash, or a link resolving outside
+    the release or in a loop).
     """
     root = Path(release_dir)
     if not root.is_dir():
         raise InputError(f"{'not a folder' if root.exists() else 'folder not found'}: {root}")
+    manifest = _load_manifest(root)
     path = root / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(f"no {MANIFEST_NAME} in {root}; run `guard manifest {root}` first") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise ManifestError(f"{path}: not a synfundus-guard manifest (expected schema {SCHEMA!r})")
     files = manifest.get("files")
@@ -292,29 +479,23 @@ def read_manifest(release_dir: Path) -> dict[str, Any]:
         raise ManifestError(f"{path}: malformed manifest (no files list)")
     seen: set[str] = set()
     for i, f in enumerate(files):
-        safe_join(root, _check_file_entry(i, f, seen))
+        name = _check_file_entry(i, f, seen)
+        try:
+            safe_join(root, name)
+        except RuntimeError:  # pathlib's symlink-loop error
+            raise ManifestError(f"unsafe path in manifest: {name!r} (symbolic link loop)") from None
     return manifest
 
 
-def _scan(root: Path) -> tuple[set[str], list[str]]:
-    """Image files present (by name, links not followed or read) and hidden files that are ignored."""
-    present, hidden = set(), []
-    for dirpath, dirs, files in os.walk(root):
-        for f in files:
-            rel = (Path(dirpath) / f).relative_to(root)
-            if any(part.startswith(".") for part in rel.parts):
-                hidden.append(rel.as_posix())
-            elif is_image_file(rel):
-                present.add(rel.as_posix())
-    return present, sorted(hidden)
-
-
-def _compare_file(root: Path, f: dict[str, Any]) -> str | None:
-    """``"removed"``, ``"modified"`` or None for one listed file (the path was validated before)."""
-    path = safe_join(root, f["file_name"])
-    if not path.exists():
-        return "removed"
-    if not path.is_file() or path.stat().st_size != f["size"] or sha256_file(path) != f["sha256"]:
+def _compare_file(root: Path, f: dict[str, Any], regular: set[str], links: set[str]) -> str | None:
+    """``"removed"``, ``"modified"`` or None for one listed file; nothing behind a link is opened."""
+    name = f["file_name"]
+    if name not in regular:
+        parts = name.split("/")
+        through_link = any("/".join(parts[: i + 1]) in links for i in range(len(parts)))
+        return "modified" if through_link or os.path.lexists(root / name) else "removed"
+    path = root / name
+    if path.stat().st_size != f["size"] or sha256_file(path) != f["sha256"]:
         return "modified"
     return None
 
@@ -331,57 +512,74 @@ def _signature_or_empty(manifest: dict[str, Any], key: bytes) -> str:
         return ""
 
 
-def _document_problems(root: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
-    problems, notes = [], []
-    files = manifest["files"]
-    if manifest.get("root_sha256") != root_sha256(files):
-        problems.append("root_sha256 does not match the file list (manifest entries were edited)")
+def _metadata_problems(root: Path, manifest: dict[str, Any], contents: ReleaseContents) -> list[str]:
+    problems = []
     expected = _section(manifest, "metadata").get("sha256")
     try:
         rendered = sha256_bytes(render_metadata(manifest))
     except (TypeError, ValueError):  # NaN or other values JSON allows in, but a manifest never holds
         rendered = None
     meta = root / METADATA_NAME
-    if not meta.is_file():
+    if METADATA_NAME in contents.links:
+        problems.append(f"{METADATA_NAME} is a symbolic link (not followed)")
+    elif not meta.is_file():
         problems.append(f"{METADATA_NAME} is missing")
     elif sha256_file(meta) != expected:
         problems.append(f"{METADATA_NAME} differs from the manifest's hash")
     if rendered != expected:
         problems.append("per-image fields in the manifest were edited (they no longer match the metadata hash)")
-    if _section(manifest, "counts").get("images") != len(files):
-        problems.append("counts.images does not match the file list")
+    return problems
+
+
+def _signature_problems(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
     key, sig = _env_key(), manifest.get("hmac_sha256")
     if key is not None and sig is None:
-        problems.append(f"manifest is not signed but {KEY_ENV} is set")
-    elif key is not None and not hmac.compare_digest(str(sig), _signature_or_empty(manifest, key)):
-        problems.append(f"manifest signature does not match (wrong {KEY_ENV} or the manifest was edited)")
-    elif sig is not None and key is None:
-        notes.append(f"manifest is signed; set {KEY_ENV} to check the signature")
-    problems += [f"private file inside the release: {p}" for p in _private_files(root)]
+        return [f"manifest is not signed but {KEY_ENV} is set"], []
+    if key is not None and not hmac.compare_digest(str(sig), _signature_or_empty(manifest, key)):
+        return [f"manifest signature does not match (wrong {KEY_ENV} or the manifest was edited)"], []
+    if sig is not None and key is None:
+        return [], [f"manifest is signed; set {KEY_ENV} to check the signature"]
+    return [], []
+
+
+def _document_problems(root: Path, manifest: dict[str, Any], contents: ReleaseContents) -> tuple[list, list]:
+    """Problems and notes about the manifest, its metadata, its signature and what else the folder holds."""
+    files = manifest["files"]
+    problems = []
+    if manifest.get("root_sha256") != root_sha256(files):
+        problems.append("root_sha256 does not match the file list (manifest entries were edited)")
+    problems += _metadata_problems(root, manifest, contents)
+    if _section(manifest, "counts").get("images") != len(files):
+        problems.append("counts.images does not match the file list")
+    sig_problems, notes = _signature_problems(manifest)
+    problems += sig_problems
+    problems += [f"symbolic link in the release (not followed): {p}" for p in contents.links]
+    problems += [f"not a regular file (FIFO, socket or device): {p}" for p in contents.others]
+    problems += [f"private file inside the release: {p}" for p in _private_files(contents)]
+    notes += [f"{p} is allowed beside the images but not covered by the manifest" for p in contents.allowed]
     return problems, notes
 
 
 def verify_release(release_dir: Path, *, progress: Progress = NULL_PROGRESS) -> VerifyResult:
     """Re-hash every listed file and compare the release with its manifest.
 
-    Returns a :class:`VerifyResult` (a difference is data, not an exception). Raises :class:`ManifestError`
-    when ``manifest.json`` is missing, malformed or lists an unsafe path; nothing is hashed in that case.
+    Returns a :class:`VerifyResult` (a difference is data, not an exception): every unlisted file is *added*,
+    links and special files are also problems and are never read through. Raises :class:`ManifestError` when
+    ``manifest.json`` is missing, malformed or lists an unsafe path; nothing is hashed in that case.
     """
     root = Path(release_dir)
     manifest = read_manifest(root)
-    present, hidden = _scan(root)
-    listed = {f["file_name"] for f in manifest["files"]}
+    contents = release_contents(root)
+    regular = set(contents.images + contents.hidden + contents.extras + contents.allowed)
     changes: dict[str, list[str]] = {"removed": [], "modified": []}
-    with progress.task("Verifying release", total=len(listed)) as task:
+    with progress.task("Verifying release", total=len(manifest["files"])) as task:
         for f in manifest["files"]:
-            change = _compare_file(root, f)
+            change = _compare_file(root, f, regular, set(contents.links))
             if change:
                 changes[change].append(f["file_name"])
             task.advance()
-    problems, notes = _document_problems(root, manifest)
-    if hidden:
-        notes.append(f"{len(hidden)} hidden file(s) ignored (not part of the release), e.g. {hidden[0]}")
-    added = tuple(sorted(present - listed))
+    problems, notes = _document_problems(root, manifest, contents)
+    added = contents.unlisted({f["file_name"] for f in manifest["files"]})
     removed, modified = tuple(sorted(changes["removed"])), tuple(sorted(changes["modified"]))
     ok = not (added or removed or modified or problems)
     return VerifyResult(ok, added, removed, modified, tuple(problems), tuple(notes))

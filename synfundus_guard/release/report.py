@@ -8,14 +8,14 @@ training images (closest pairs) goes to ``private/evidence.json`` beside it, whi
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..errors import InputError
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, make_private_dir
+from ..safeload import read_json
 
 SCHEMA = "synfundus-guard/report/v1"
 PRIVATE_DIR = "private"
@@ -78,10 +78,14 @@ class Report:
 def write_report(report: Report, out_dir: Path, *, private: dict[str, Any] | None = None) -> Path:
     """Write ``report.json`` (public) and ``private/evidence.json`` atomically; returns the report path.
 
-    The private file is written first so a crash never leaves a public report without its evidence.
+    The private file is written first so a crash never leaves a public report without its evidence. It names
+    training images, so ``private/`` is made owner-only (0700, :func:`~synfundus_guard.fsutil.make_private_dir`)
+    and the evidence 0600; ``out_dir`` and ``report.json`` keep the usual modes, being meant to be shared.
     """
     out_dir = Path(out_dir)
     if private is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)  # public: the usual mode, not the private folder's
+        make_private_dir(out_dir / PRIVATE_DIR)
         atomic_write_json(out_dir / PRIVATE_DIR / "evidence.json", private, private=True)
     path = out_dir / "report.json"
     atomic_write_json(path, report.to_dict())
@@ -89,14 +93,15 @@ def write_report(report: Report, out_dir: Path, *, private: dict[str, Any] | Non
 
 
 def read_report(path: Path) -> Report:
-    """Load a ``report.json``. Raises :class:`InputError` when missing or malformed."""
+    """Load a ``report.json`` (bounded: see :mod:`~synfundus_guard.safeload`).
+
+    Raises :class:`InputError` when missing, too large, too deeply nested or malformed.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, error=InputError, expect=dict)
     except FileNotFoundError:
         raise InputError(f"report not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read report {path}: {exc}") from None
     return Report.from_dict(data)

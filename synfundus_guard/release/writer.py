@@ -9,7 +9,9 @@ State lives in ``RELEASE/.guard/`` (hidden, so loaders and :func:`~.manifest.bui
 per committed batch) and ``staging/<batch>/``. :meth:`ReleaseWriter.commit_batch` proceeds in this order:
 
 1. quarantine: reason lines are appended to ``QUARANTINE/reasons.jsonl`` (fsync), then the rejected images are
-   written there (fsync). The quarantine must lie outside the release, so a rejected image never enters it;
+   written there (fsync). The quarantine must lie outside the release, so a rejected image never enters it.
+   It is private (a rejected image may be a near-copy of a training photograph): folders the writer makes
+   there are 0700, its files 0600;
 2. accepted images are written to ``.guard/staging/<batch>/`` and fsynced;
 3. **commit point**: one JSON line (names, sha256, sizes, per-image fields, ``next_index``) is appended to the
    journal with a single write and fsync. A last line without its newline or that is not JSON is torn: the
@@ -41,7 +43,8 @@ from typing import Any
 
 from ..data.images import is_image_file
 from ..errors import InputError, ManifestError
-from ..fsutil import atomic_write_json, atomic_write_text, safe_join, safe_relpath, sha256_bytes, sha256_file
+from ..fsutil import (atomic_write_json, atomic_write_text, make_private_dir, safe_join, safe_relpath, sha256_bytes,
+                      sha256_file, write_durable)
 from ..progress import NULL_PROGRESS, Progress
 from .manifest import MANIFEST_NAME, METADATA_NAME, RESERVED_FIELDS, build_manifest, save_manifest
 
@@ -94,18 +97,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durable(path: Path, data: bytes, *, append: bool = False) -> None:
-    """Write (or append) with one write loop and an fsync; new files get the usual umask permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(path, flags, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write_durable(path: Path, data: bytes, *, append: bool = False, private: bool = False) -> None:
+    """Write (or append) with one write loop and an fsync, making the parent folder first.
+
+    Release and state files get the usual umask permissions; ``private=True`` (the quarantine) makes any
+    missing folder 0700 and the file 0600.
+    """
+    if private:
+        make_private_dir(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_durable(path, data, append=append, private=private)
 
 
 def _read_lines(path: Path, check: Any) -> tuple[list[dict[str, Any]], bool]:
@@ -302,7 +304,7 @@ class ReleaseWriter:
         for leftover in self.quarantine_dir.glob(f".{REASONS_NAME}.*.tmp"):  # a rewrite below, cut short
             leftover.unlink()
         if torn or drop:
-            atomic_write_text(path, "".join(_json_line(row, "reason") for row in keep))
+            atomic_write_text(path, "".join(_json_line(row, "reason") for row in keep), private=True)
         repairs = [f"removed {len(drop)} quarantined image(s) of an interrupted batch"] if drop else []
         lost = len(set(committed) - {row["file_name"] for row in keep if row.get("run") == ours})
         return repairs + ([f"{lost} quarantine reason(s) are missing"] if lost else [])
@@ -385,14 +387,14 @@ class ReleaseWriter:
     def _quarantine(self, batch: int, rejected: list[Rejected]) -> None:
         if not rejected:
             return
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.quarantine_dir)  # rejected images may copy a training patient: owner-only
         run = self.config_sha256[:16]
         lines = "".join(_json_line({**reason, "file_name": name, "batch": batch, "run": run}, "reason")
                         for name, _, reason in rejected)
         # The reason lines are durable before any image, so recovery can find the images of a cut-short batch.
-        _write_durable(self.quarantine_dir / REASONS_NAME, lines.encode("ascii"), append=True)
+        _write_durable(self.quarantine_dir / REASONS_NAME, lines.encode("ascii"), append=True, private=True)
         for name, data, _ in rejected:
-            _write_durable(safe_join(self.quarantine_dir, name), data)
+            _write_durable(safe_join(self.quarantine_dir, name), data, private=True)
 
     def _stage(self, staging: Path, accepted: list[Accepted]) -> None:
         shutil.rmtree(staging, ignore_errors=True)

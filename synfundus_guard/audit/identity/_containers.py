@@ -4,14 +4,22 @@ Each walker returns one short, public label per metadata item found (``"PNG tEXt
 ``"JPEG APP1 (Exif)"``): the *kind* of item, never its content, since the content is what may name a patient.
 Container structure that is not metadata (pixel data, palettes, transparency, Huffman and quantisation tables)
 is not listed. Anything the walkers cannot parse raises :class:`ValueError`; the caller fails closed.
+
+A file holding more than one frame (animated GIF, WebP or PNG, multi-page TIFF, MPO) is also reported, whatever
+its format or name (a GIF renamed ``.png`` is sniffed by its bytes): a release image is one picture, and the
+other frames are a hiding place that image loaders and checks, which decode frame 1, never look at. Such files
+are refused rather than checked frame by frame, here and in :func:`~synfundus_guard.data.images.decode_image`.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import warnings
 
 from PIL import Image
+
+from ...data.images import frame_count
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_ALLOWED = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS"})
@@ -116,13 +124,10 @@ def jpeg_items(data: bytes) -> list[str]:
 
 
 def tiff_items(data: bytes) -> list[str]:
-    """Non-baseline tags of every page of a TIFF file, and extra pages."""
+    """Non-baseline tags of every page of a TIFF file."""
     items: list[str] = []
     with Image.open(io.BytesIO(data)) as im:
-        frames = getattr(im, "n_frames", 1)
-        if frames > 1:
-            items.append(f"TIFF with {frames} pages")
-        for page in range(frames):
+        for page in range(frame_count(im)):  # the page count itself is reported by frame_items
             im.seek(page)
             for tag in sorted(im.tag_v2.keys()):
                 if tag not in TIFF_BASELINE:
@@ -154,12 +159,21 @@ def other_items(data: bytes) -> list[str]:
     return items
 
 
+def frame_items(data: bytes) -> list[str]:
+    """One item when the file holds more than one frame or page, whatever its format (see the module docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the header alone is read here
+        with Image.open(io.BytesIO(data)) as im:
+            n, fmt = frame_count(im), im.format or "image"
+    return [f"{fmt} with {n} frames (multi-frame image)"] if n > 1 else []
+
+
 WALKERS = {"png": png_items, "jpeg": jpeg_items, "tiff": tiff_items, "webp": webp_items, "other": other_items}
 
 
 def metadata_items(data: bytes) -> list[str]:
-    """Every metadata item in an image file's bytes. Raises ValueError when the container cannot be parsed."""
+    """Every metadata item in an image file's bytes, and extra frames. Raises ValueError when it cannot be parsed."""
     try:
-        return WALKERS[sniff_format(data)](data)
-    except (struct.error, OSError, SyntaxError, EOFError, IndexError) as exc:
+        return WALKERS[sniff_format(data)](data) + frame_items(data)
+    except (struct.error, OSError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot parse image container ({exc})") from None

@@ -9,6 +9,11 @@ still found.
 ICC profiles are not kept: a profile is a free-form blob (description, copyright and device strings, creation
 date) that can identify the site or camera. Instead the pixels are converted to sRGB first, so the colours look
 the same without it. EXIF orientation is applied to the pixels before the tag is dropped.
+
+Multi-frame files (animated GIF/WebP/PNG, multi-page TIFF) are flagged by the check and refused by
+:func:`strip_metadata`, not reduced to their first frame: a release image is one picture, so a second frame is
+either a mistake or a hiding place (a training image in frame 2 passed every pixel check, which decode frame 1).
+Silently keeping frame 1 would hide that the file was not what it claimed to be.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Sequence
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from ...data.images import frame_count
 from ...errors import ImageError
 from ..base import Candidate, Check, Finding
 from ._containers import metadata_items
@@ -44,17 +50,20 @@ def _to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
 def strip_metadata(data: bytes) -> bytes:
     """Re-encode an image file's pixels as a PNG with no ancillary chunks; returns the PNG bytes.
 
-    Accepts any format PIL reads (PNG, JPEG, TIFF, WebP, BMP, ...). The first frame is kept; EXIF orientation
+    Accepts any single-frame format PIL reads (PNG, JPEG, TIFF, WebP, BMP, ...); EXIF orientation
     and an ICC profile are applied to the pixels; bit depth and alpha are kept where PNG supports them (8/16-bit
     grey, RGB, RGBA, palette with transparency). The output holds only IHDR, PLTE, tRNS, IDAT and IEND.
-    Raises :class:`ImageError` for data that is not a readable image.
+    Raises :class:`ImageError` for data that is not a readable image or holds more than one frame.
     """
     try:
         with Image.open(io.BytesIO(data)) as src:
+            if frame_count(src) > 1:
+                raise ImageError(f"cannot strip metadata: multi-frame image ({frame_count(src)} frames); "
+                                 "only single-frame images are supported")
             src.load()
             icc = src.info.get("icc_profile")
             im = ImageOps.exif_transpose(src) or src.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageError(f"cannot strip metadata: not a readable image ({exc})") from None
     if icc:
         im = _to_srgb(im, icc)

@@ -189,7 +189,7 @@ def score_release(*, release_dir: Path, queries: Sequence[ImageRecord], referenc
     :class:`InputError` when the release holds fewer than :data:`MIN_RELEASE` images.
     """
     release_dir = Path(release_dir)
-    rels = list_images(release_dir)
+    rels = list_images(release_dir, follow_links=False)
     if len(rels) < MIN_RELEASE:
         raise InputError(f"membership inference on a release needs at least {MIN_RELEASE} images; "
                          f"{release_dir} has {len(rels)}")

@@ -210,7 +210,7 @@ def _white_box(result: MembershipScores, model: Any, options: WhiteBoxOptions, p
 def _black_box(result: MembershipScores, release_dir: Path, reference: Sequence[ImageRecord],
                embedder: Embedder | str, cache: ArrayCache | None, options: BlackBoxOptions,
                progress: Progress) -> None:
-    n_release = len(list_images(release_dir))
+    n_release = len(list_images(release_dir, follow_links=False))
     if n_release < MIN_RELEASE:
         why = f"black-box attacks skipped: the release has {n_release} images, at least {MIN_RELEASE} are needed"
         result.notes.append(why)
