@@ -309,3 +309,26 @@ def test_recipe_is_validated_before_any_work(model_copy, tmp_path, recipe, words
 
 def test_shipped_recipe_still_reads():
     assert read_recipe(DEFAULT_MODEL_DIR) == {"phantom": {"patients": 200, "visits": 2, "size": 64, "seed": 0}}
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["generate", "--n", "abc", "--out", "x"], "Invalid value for '--n'"),
+    (["gate"], "Missing argument 'REPORT'"),
+    (["bogus"], "No such command 'bogus'"),
+    (["audit", "--release"], "requires an argument"),
+])
+def test_usage_errors_through_the_console_script_are_one_line(args: list[str], expect: str) -> None:
+    """The real entry point (not CliRunner): Click's boxed usage screen becomes one ``error:`` line, exit 2."""
+    proc = subprocess.run([sys.executable, "-m", "synfundus_guard.cli.main", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
+
+
+def test_version_option() -> None:
+    from synfundus_guard import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "synfundus_guard.cli.main", "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"synfundus-guard {__version__}"

@@ -30,9 +30,19 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"synfundus-guard {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help=f"Print tracebacks of internal errors (or set {DEBUG_ENV}=1)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="Print the version and exit."),
 ) -> None:
     """Release synthetic medical images without leaking the patients they were trained on."""
     set_debug(debug)
@@ -86,18 +96,41 @@ def _exit_code(exc: SystemExit, terminated: bool) -> int:
     return EXIT_SIGTERM if terminated and code == EXIT_SIGINT else code
 
 
+def _usage_error(exc: Exception) -> int | None:
+    """Print a command-line usage error (bad option value, missing argument, unknown command) as one line.
+
+    Typer keeps Click's exception classes private, so they are recognised by Click's public protocol
+    (``format_message`` and an integer ``exit_code``). A bare ``guard`` shows the help screen (exit 2). Returns
+    the exit code (2), or None for any other exception.
+    """
+    if not (callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)):
+        return None
+    if type(exc).__name__ == "NoArgsIsHelpError":  # Typer has printed the help screen already
+        return EXIT_USAGE
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    typer.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
+    return EXIT_USAGE
+
+
 def run(args: Sequence[str] | None = None) -> int:
     """Run the ``guard`` app on ``args`` (default ``sys.argv[1:]``) and return its exit code; never raises."""
     with _sigterm_as_interrupt() as sigterm:
         try:
-            app(args=None if args is None else list(args), prog_name="guard")
+            code = app(args=None if args is None else list(args), prog_name="guard", standalone_mode=False)
+            code = code if isinstance(code, int) and not isinstance(code, bool) else 0
+            return EXIT_SIGTERM if sigterm.fired and code == EXIT_SIGINT else code
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            return EXIT_SIGTERM if sigterm.fired else EXIT_SIGINT
+        except Exception as exc:  # noqa: BLE001 - Click's usage errors first, then the last resort
+            usage = _usage_error(exc)
+            return usage if usage is not None else report_internal_error(exc)
         except SystemExit as exc:
             return _exit_code(exc, sigterm.fired)
         except KeyboardInterrupt as exc:  # outside any command: Typer turns those inside into Exit(130)
             typer.echo("terminated" if isinstance(exc, Terminated) else "interrupted", err=True)
             return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
-        except Exception as exc:  # noqa: BLE001 - the last resort: one line and exit 2, never a traceback or 1
-            return report_internal_error(exc)
     return 0
 
 
