@@ -287,3 +287,17 @@ def test_render_pass_line_and_release_checks():
     text = _rendered(report, verdict)
     assert text.rstrip().endswith("PASS: the release meets policy 'public'")
     assert "Flagged images" not in text and "membership-auc" in text and "not required by the policy" in text
+
+
+@pytest.mark.parametrize("images", [[], {}])
+def test_a_report_whose_images_were_removed_is_refused(tmp_path, images):
+    """Dropping the failing images from a report (or making the list an object) must not turn it into a pass."""
+    report = audited([image("a.png", memorization="flag"), image("b.png")])
+    report.summary = {"n_images": 2}
+    path = write_report(report, tmp_path / "r")
+    doc = json.loads(path.read_text())
+    doc["images"] = images
+    path.write_text(json.dumps(doc))
+    res = gate(path, "--policy", POLICIES / "public.yaml")
+    assert res.exit_code == 2, res.output
+    assert "malformed report" in res.output and "Traceback" not in res.output

@@ -352,6 +352,18 @@ def evaluate_release(report: Report, policy: Policy) -> ReleaseVerdict:
 # --- gate ---------------------------------------------------------------------------------------------------
 
 
+def _count_problems(report: Report) -> list[str]:
+    """The audit records how many images it checked twice (summary, release); a list that disagrees was edited."""
+    n = len(report.images)
+    problems = []
+    for section in ("summary", "release"):
+        value = getattr(report, section)
+        claimed = value.get("n_images") if isinstance(value, Mapping) else None
+        if claimed is not None and claimed != n:
+            problems.append(f"{section}.n_images is {claimed!r} but the report lists {n} images (was it edited?)")
+    return problems
+
+
 def _shape_problems(report: Report) -> list[str]:
     problems = []
     for key in ("policy", "release_checks"):
@@ -359,6 +371,7 @@ def _shape_problems(report: Report) -> list[str]:
             problems.append(f"{key} must be a mapping")
     if not isinstance(report.images, list):
         return problems + ["images must be a list"]
+    problems += _count_problems(report)
     for i, img in enumerate(report.images):
         where = f"images[{i}]"
         if not isinstance(img.file_name, str) or not isinstance(img.verdict, str):

@@ -179,11 +179,19 @@ def _env_key() -> bytes | None:
 
 
 def _image_size(path: Path, name: str) -> tuple[int, int]:
-    """Width and height from the image header (the pixels are not decoded)."""
+    """Width and height from the image header (the pixels are not decoded).
+
+    A multi-frame image (animated GIF/WebP/PNG, multi-page TIFF) is refused here too, as everywhere: a sealed
+    release holds single pictures, and extra frames are a place to hide a training image.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    raise ImageError(f"{name!r}: multi-frame image ({frames} frames); only single-frame images "
+                                     "can be released")
                 return im.size
     except UnidentifiedImageError:
         raise ImageError(f"{name!r}: not an image file (format not recognised)") from None

@@ -67,6 +67,8 @@ class Report:
         """Inverse of :meth:`to_dict`; raises :class:`InputError` on a document that is not a report."""
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise InputError(f"not a synfundus-guard report (expected schema {SCHEMA!r})")
+        if not isinstance(data.get("images"), list):
+            raise InputError("malformed report: 'images' must be a list")
         try:
             images = [ImageResult(**img) for img in data["images"]]
             rest = {k: v for k, v in data.items() if k != "images"}
