@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from .. import __version__
 from ..errors import ModelError
 from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
+from ..safeload import read_json
 
 CARD_FILE = "training_card.json"
 SCHEMA = "synfundus-guard/training-card/v1"
@@ -136,13 +137,15 @@ def write_card(model_dir: Path, card: TrainingCard) -> Path:
     return path
 
 
+MAX_CARD_BYTES = 256 * 1024 * 1024
+"""A card lists every training file name: ~100 bytes each, so 256 MB covers millions of images."""
+
+
 def read_card(model_dir: Path) -> TrainingCard | None:
     """The card of ``model_dir``, or None when there is none. Raises :class:`ModelError` when malformed."""
     path = Path(model_dir) / CARD_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable training card ({exc})") from None
+    # bounded: a card comes with a model folder, which may come from anyone (size, nesting, top-level type)
+    data = read_json(path, error=ModelError, expect=dict, max_bytes=MAX_CARD_BYTES)
     return TrainingCard.from_dict(data, source=str(path))

@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from ..errors import ModelError
 from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
 from ..safeload import read_json
-from .card import CARD_FILE, TrainingCard
+from .card import TrainingCard, read_card
 from .conditioning import MAX_CLASSES, Conditioning
 
 MODEL_INDEX = "model_index.json"
@@ -134,18 +134,6 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise ModelError(f"{path}: missing {what}") from None
 
 
-def read_training_card(model_dir: Path) -> TrainingCard | None:
-    """The folder's training card, or None when it has none. Raises :class:`ModelError` when malformed.
-
-    :func:`~.card.read_card` with the size and nesting bounds of every other JSON file of an untrusted folder
-    (a deeply nested card made ``json.loads`` raise ``RecursionError``); card.py should adopt it.
-    """
-    path = model_dir / CARD_FILE
-    if not path.is_file():
-        return None
-    return TrainingCard.from_dict(_read_json(path, "training card"), source=str(path))
-
-
 def _int_problem(cfg: dict[str, Any], key: str, low: int, high: int) -> str | None:
     value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -239,7 +227,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise ModelError(f"model folder not found: {model_dir}")
     if not model_dir.is_dir():
         raise ModelError(f"not a model folder: {model_dir}")
-    card = read_training_card(model_dir)
+    card = read_card(model_dir)
     if card is None:
         if not (model_dir / MODEL_INDEX).is_file():
             raise ModelError(f"not a diffusers model folder (no model_index.json or training card): {model_dir}")

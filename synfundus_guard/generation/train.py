@@ -29,7 +29,8 @@ from .card import CARD_FILE, DataSplit, DPRecord, TrainingCard, data_fingerprint
 from .conditioning import Conditioning
 from .data import load_images, split_records
 from .dp import DPConfig, quiet_opacus
-from .model import count_parameters, read_training_card, save_model, training_scheduler
+from .card import read_card
+from .model import count_parameters, save_model, training_scheduler
 from .trainer import EMA_DECAY, Trainer
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
@@ -134,7 +135,7 @@ def _prepare_out_dir(out_dir: Path, run_key: str) -> TrainingCard | None:
     """Returns the finished card when ``out_dir`` already holds this run's model; refuses foreign content."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder")
-    card = read_training_card(out_dir) if out_dir.is_dir() else None
+    card = read_card(out_dir) if out_dir.is_dir() else None
     if card is not None:
         if card.run_key == run_key:
             return card
