@@ -248,3 +248,15 @@ def test_a_release_changed_during_the_audit_is_not_sealed(ds, tmp_path, monkeypa
     res = runner.invoke(app, _args(ds, release, tmp_path / "out"))
     assert res.exit_code == 2 and "changed during the audit" in res.output
     assert not (release / "manifest.json").exists() and not (tmp_path / "out" / "report.json").exists()
+
+
+def test_a_hidden_file_in_the_release_is_refused_before_the_checks(ds, tmp_path):
+    """A hidden file is never sealed and verify reports it: an audit that sealed beside one would hand over a
+    release that does not verify, so it refuses up front (and --no-manifest audits it as it is)."""
+    release = _release(ds, tmp_path)
+    (release / ".DS_Store").write_bytes(b"\x00\x01")
+    res = runner.invoke(app, _args(ds, release, tmp_path / "out"))
+    assert res.exit_code == 2 and ".DS_Store" in res.output and "Traceback" not in res.output
+    assert not (release / "manifest.json").exists() and not (tmp_path / "out").exists()
+    ok = runner.invoke(app, _args(ds, release, tmp_path / "out2", "--no-manifest"))
+    assert ok.exit_code == 0, ok.output

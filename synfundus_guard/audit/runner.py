@@ -294,6 +294,10 @@ def audit_release(
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     _check_paths(release_dir, out_dir)
     list_images(release_dir, follow_links=False)  # empty, missing or linked: refused before any heavy work
+    if write_release_manifest:
+        from ..release.manifest import refuse_hidden
+
+        refuse_hidden(release_dir)  # it could not be sealed: say so now, not after the checks
     guard = None
     if train_dir is not None or holdout_dir is not None:
         if train_dir is None or holdout_dir is None:
@@ -351,8 +355,9 @@ def _check_unchanged(manifest: dict[str, Any], checked: dict[str, str]) -> None:
 def _release_manifest(release_dir: Path, results: Sequence[ImageResult], policy: Policy, report: Report,
                       progress: Progress) -> dict[str, Any]:
     """The release's manifest with the audit's per-image verdicts and scores (built, not yet written)."""
-    from ..release.manifest import build_manifest
+    from ..release.manifest import build_manifest, refuse_hidden
 
+    refuse_hidden(release_dir)
     entries = {r.file_name: {"verdict": r.verdict, "scores": r.scores} for r in results}
     fingerprints = {"policy": policy.fingerprint(), "embedder": report.embedder, "audit_verdict": report.verdict}
     return build_manifest(release_dir, entries=entries, fingerprints=fingerprints, progress=progress)

@@ -428,17 +428,22 @@ def write_manifest(
     run: dict[str, Any] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> Path:
-    """:func:`build_manifest` then :func:`save_manifest`; returns the ``manifest.json`` path.
+    """:func:`refuse_hidden` and :func:`build_manifest`, then :func:`save_manifest`; returns the manifest path."""
+    refuse_hidden(release_dir)
+    manifest = build_manifest(release_dir, entries=entries, fingerprints=fingerprints, run=run, progress=progress)
+    return save_manifest(release_dir, manifest)
 
-    Unlike :func:`build_manifest`, a hidden file is refused (:class:`InputError` naming it): it would not be
-    sealed, and verification would then report it, so the freshly sealed folder would not verify.
+
+def refuse_hidden(release_dir: Path) -> None:
+    """Refuse a folder holding a hidden file before sealing it (:class:`InputError` naming it).
+
+    :func:`build_manifest` skips hidden files (the release writer seals beside its own ``.guard/`` state), but a
+    hidden file is never sealed and verification reports it, so a folder sealed with one would not verify.
     """
     hidden = release_contents(release_dir).hidden
     if hidden:
         raise InputError(f"hidden file {hidden[0]!r} in the release: hidden files are never sealed and verify "
                          "reports them; remove it first")
-    manifest = build_manifest(release_dir, entries=entries, fingerprints=fingerprints, run=run, progress=progress)
-    return save_manifest(release_dir, manifest)
 
 
 def _check_file_entry(i: int, f: Any, seen: set[str]) -> str:
