@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..data.folder import ImageRecord, scan_folder
-from ..data.images import decode_image, list_images
+from ..data.images import decode_image, list_images, read_image_bytes
 from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
 from ..embed.registry import DEFAULT_SPEC, embedder_from_spec
@@ -98,7 +98,7 @@ def prepare_guard(
             index = load_index(index_dir, emb)
             _check_same_training_set(index, data_fp, who_fp)
         else:
-            index = build_index(records=train_records, out_dir=index_dir, embedder=emb, cache=cache,
+            index = build_index(records=train_records, shas=shas, out_dir=index_dir, embedder=emb, cache=cache,
                                 batch_size=batch_size, progress=progress)
         cal = calibrate(index, holdout_records, k=k, batch_size=batch_size, progress=progress)
     finally:
@@ -254,10 +254,7 @@ def check_images(
 def _candidate(release_dir: Path, rel: Path, checked: dict[str, str] | None) -> Candidate:
     """Read one release file once: its bytes are decoded for the checks and hashed for the seal."""
     path = release_dir / rel
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = read_image_bytes(path)
     if checked is not None:
         checked[rel.as_posix()] = sha256_bytes(data)
     return Candidate(rel.as_posix(), decode_image(data, str(path)), path)

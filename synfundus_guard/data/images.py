@@ -179,14 +179,17 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Load one image file as float32 RGB in [0, 1]. Raises :class:`ImageError` naming the file."""
-    path = Path(path)
+def read_image_bytes(path: Path) -> bytes:
+    """The bytes of one image file. Raises :class:`ImageError` naming the file when it cannot be read."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, str(path))
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Load one image file as float32 RGB in [0, 1]. Raises :class:`ImageError` naming the file."""
+    return decode_image(read_image_bytes(path), str(path))
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

@@ -201,6 +201,7 @@ def build_index(
     out_dir: Path,
     train_dir: Path | None = None,
     records: Sequence[ImageRecord] | None = None,
+    shas: Sequence[str] | None = None,
     embedder: Embedder,
     cache: ArrayCache,
     kind: str = "flat",
@@ -208,15 +209,16 @@ def build_index(
     seed: int = 0,
     progress: Progress = NULL_PROGRESS,
 ) -> GuardIndex:
-    """Embed every training image (of ``train_dir``, or the given ``records``) into an index folder at
-    ``out_dir``; returns it loaded."""
+    """Embed every training image (of ``train_dir``, or the given ``records`` with their content ``shas`` when
+    already known) into an index folder at ``out_dir``; returns it loaded."""
     if records is None:
         if train_dir is None:
             raise InputError("build_index needs train_dir or records")
         records = scan_folder(train_dir)
     if not records:
         raise InputError("the training set is empty")
-    shas = hash_records(records, progress, "training set")
+    if shas is None or len(shas) != len(records):  # callers that hashed the set already pass its hashes
+        shas = hash_records(records, progress, "training set")
     if len(set(shas)) < len(shas):
         progress.log("note: the training set holds byte-identical duplicate images")
     out_dir = Path(out_dir)
