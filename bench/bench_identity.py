@@ -13,9 +13,10 @@ operating point. Throughput: template building, matching, and the check with k=1
 Text: clean phantoms (seed 2, several visits and sizes) plus the real photographs (retina at four sizes and
 two rotations, microaneurysms) are the negatives; the positives are the same images with one random overlay
 each (every installed TrueType font plus PIL's bitmap and default fonts, 8-24 px, four corners and the
-centre, light and dark). Faces: LFW faces 0-49 pasted into phantoms of seed 901 tune ``min_votes``, ``min_hog``
-and ``min_sum`` (``--tune-faces``); faces 50-99 pasted into other phantoms and the real photograph evaluate it
-(each face pasted ``--face-reps`` times, 4 by default).
+centre, light and dark). Faces: LFW faces 0-49 pasted into phantoms of seed 901 tune ``min_haar``
+(``--tune-faces``); faces 50-99 pasted into phantoms of another seed, images of a second, independent renderer
+(``bench/alt_fundus.py``) and the real photograph evaluate it, per source (each face pasted ``--face-reps`` times,
+4 by default), plus samples of the shipped default model (clean).
 Metadata: files of every supported format with planted metadata, before and after ``strip_metadata``.
 """
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 from skimage import data as skdata
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,7 +42,7 @@ from synfundus_guard.audit.identity._textdetect import detect_text  # noqa: E402
 from synfundus_guard.audit.identity.metadata import strip_metadata  # noqa: E402
 from synfundus_guard.audit.identity.overlays import random_face, random_text  # noqa: E402
 from synfundus_guard.data.fov import resize_image  # noqa: E402
-from synfundus_guard.data.perturb import affine, jpeg, photometric  # noqa: E402
+from synfundus_guard.data.perturb import affine  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 
 SUMMARY: list[list[object]] = []
@@ -127,79 +128,91 @@ def bench_text(args: argparse.Namespace) -> None:
 # --- faces --------------------------------------------------------------------------------------------------
 
 
-def face_scores(backgrounds: list[np.ndarray], faces: np.ndarray, rng: np.random.Generator,
-                opts: face_mod.FaceOptions, reps: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """(positive scores, clean scores, images/s); scores are rows (cascade votes, HOG logit); each face is pasted
-    ``reps`` times, into different backgrounds."""
-    def score(img: np.ndarray) -> tuple[float, float]:
-        s = face_mod.face_scores(face_mod.detect_faces(img, opts))
-        return s[face_mod.KEY_VOTES], s[face_mod.KEY_HOG]
-
+def face_rows(images: list[np.ndarray], opts: face_mod.FaceOptions) -> tuple[np.ndarray, float]:
+    """Score rows (dlib score, Haar votes) of ``images`` and images/s."""
     t0 = time.perf_counter()
-    neg = np.array([score(b) for b in backgrounds])
-    pos = []
-    for i, face in enumerate(faces):
-        for rep in range(reps):
-            img, _ = random_face(backgrounds[(reps * i + rep) % len(backgrounds)], face, rng)
-            pos.append(score(img))
-    n = len(backgrounds) + len(pos)
-    return np.array(pos), neg, n / (time.perf_counter() - t0)
+    rows = [face_mod.face_scores(face_mod.detect_faces(img, opts)) for img in images]
+    rate = len(images) / max(time.perf_counter() - t0, 1e-9)
+    return np.array([(r[face_mod.KEY_DLIB], r[face_mod.KEY_HAAR]) for r in rows]).reshape(-1, 2), rate
 
 
-def flagged(s: np.ndarray, min_votes: float, min_hog: float, min_sum: float = np.inf) -> np.ndarray:
-    """The check's own rule (:func:`faces.flagged_by`) on score rows (votes, logit) at these thresholds;
-    ``min_sum=inf``: each detector alone."""
-    opts = replace(face_mod.FaceOptions(), min_votes=min_votes, min_hog=min_hog, min_sum=min_sum)
-    return np.array([bool(face_mod.flagged_by(v, h, opts)) for v, h in s], dtype=bool)
+def pasted(backgrounds: list[np.ndarray], faces: np.ndarray, rng: np.random.Generator, reps: int) -> list[np.ndarray]:
+    """Each face pasted ``reps`` times (15-50 % of the shorter side), into different backgrounds."""
+    return [random_face(backgrounds[(reps * i + rep) % len(backgrounds)], face, rng)[0]
+            for i, face in enumerate(faces) for rep in range(reps)]
+
+
+def flagged(s: np.ndarray, opts: face_mod.FaceOptions) -> np.ndarray:
+    """The check's own rule (:func:`faces.flagged_by`) on score rows (dlib, haar)."""
+    return np.array([bool(face_mod.flagged_by(d, h, opts)) for d, h in s], dtype=bool).reshape(-1)
+
+
+def default_model_samples(n: int) -> list[np.ndarray]:
+    """``n`` samples of the shipped default model (its own 32 px), seed 7."""
+    from synfundus_guard.generation.model import DEFAULT_MODEL_DIR, load_model
+    from synfundus_guard.generation.sample import sample_images
+
+    return [s.image for s in sample_images(load_model(DEFAULT_MODEL_DIR), n=n, seed=7)]
 
 
 def bench_faces(args: argparse.Namespace) -> None:
+    from bench.alt_fundus import render as alt_render
+
     lfw = skdata.lfw_subset()
-    faces = lfw[:100]
     opts = face_mod.FaceOptions()
     if args.tune_faces:
-        train_bg = [phantom(901, i, 0, 256) for i in range(args.face_bg)]
-        p, n, _ = face_scores(train_bg, faces[:50], np.random.default_rng(1), opts, args.face_reps)
-        grid = [(v, h) for v in range(6, 13) for h in np.arange(1.5, 5.01, 0.1).round(1)]
-        ok = [g for g in grid if flagged(n, *g).mean() <= 0.01]
-        best = max(ok, key=lambda g: (flagged(p, *g).mean(), g[0], g[1])) if ok else None
-        rows = [[v, h, f"{100 * flagged(p, v, h).mean():.1f} %", f"{100 * flagged(n, v, h).mean():.2f} %"]
-                for v, h in grid if v in (8, 9, 10) and (h in (2.0, 2.5, 3.0, 3.5, 4.0) or (v, h) == best)]
-        table(f"Face tuning split (LFW faces 0-49 in phantoms of seed 901, {len(p)} pastes, {len(n)} clean)",
-              ["min_votes", "min_hog", "TPR", "FPR"], rows)
-        if best:
-            print(f"tuned min_votes = {best[0]}, min_hog = {best[1]} (highest TPR with FPR <= 1 % on the tuning "
-                  f"split, then the strictest)")
-            sums = [t for t in np.arange(1.0, 2.001, 0.01).round(2) if flagged(n, *best, t).mean() <= 0.01]
-            top = max(flagged(p, *best, t).mean() for t in sums)
-            tied = [t for t in sums if flagged(p, *best, t).mean() == top]
-            t = tied[len(tied) // 2]
-            print(f"tuned min_sum = {t} (middle of {tied[0]}-{tied[-1]}, the range with the highest TPR at FPR <= 1 %):"
-                  f" TPR {100 * top:.1f} %, FPR {100 * flagged(n, *best, t).mean():.2f} %")
+        tune_bg = [phantom(901, i, 0, 256) for i in range(args.face_bg)]
+        tune_bg += [resize_image(b, 32, 32) for b in tune_bg[: args.face_bg // 2]]
+        n, _ = face_rows(tune_bg, opts)
+        p, _ = face_rows(pasted(tune_bg[: args.face_bg], lfw[:50], np.random.default_rng(1), args.face_reps), opts)
+        rows = []
+        for k in range(2, 13):
+            o = replace(opts, min_haar=k)
+            rows.append([k, f"{100 * flagged(p, o).mean():.1f} %", f"{100 * flagged(n, o).mean():.2f} %"])
+        table(f"Face tuning split (LFW faces 0-49 in phantoms of seed 901 at 256 px, {len(p)} pastes; {len(n)} clean "
+              f"at 256 and 32 px); dlib at its own threshold {opts.min_dlib}", ["min_haar", "TPR", "FPR"], rows)
+        ok = [k for k in range(2, 13) if not flagged(n, replace(opts, min_haar=k)).any()]
+        print(f"tuned min_haar = {ok[0] if ok else None} (smallest vote count flagging no clean tuning image)")
     photos = {"retina 128": retina(128), "retina 512": retina(512), "retina 1024": retina(),
               "coffee": skdata.coffee() / 255.0, "chelsea (cat)": skdata.chelsea() / 255.0,
+              "rocket": skdata.rocket() / 255.0, "coins": skdata.coins() / 255.0, "page": skdata.page() / 255.0,
               "astronaut (face)": skdata.astronaut() / 255.0, "camera (face)": skdata.camera() / 255.0}
-    rows = []
-    for name, img in photos.items():
-        s = np.array([face_mod.face_scores(face_mod.detect_faces(img, opts))[k]
-                      for k in (face_mod.KEY_VOTES, face_mod.KEY_HOG)])
-        rows.append([name, f"{s[0]:.0f}", f"{s[1]:.2f}",
-                     bool(flagged(s[None], opts.min_votes, opts.min_hog, opts.min_sum)[0])])
-    table("Faces: photographs (not used in training or tuning)", ["image", "votes", "hog", "flagged"], rows)
-    test_bg = [phantom(3, i, i % 2, 256) for i in range(args.face_bg)]
-    test_bg += [np.clip(affine(retina(256), dx=0, dy=0, angle=a, scale=1), 0, 1) for a in range(-20, 21, 4)]
-    p, n, rate = face_scores(test_bg, faces[50:], np.random.default_rng(2), opts, args.face_reps)
-    rule = (opts.min_votes, opts.min_hog, opts.min_sum)
-    tpr, fpr = flagged(p, *rule).mean(), flagged(n, *rule).mean()
-    only = [f"{100 * np.mean(p[:, 0] >= opts.min_votes):.1f} %", f"{100 * np.mean(p[:, 1] >= opts.min_hog):.1f} %"]
-    only.append(f"{100 * flagged(p, *rule[:2]).mean():.1f} %")
-    table(f"Faces, held out: LFW faces 50-99 pasted {args.face_reps} times each (15-50 % of the side) into "
-          f"{len(test_bg)} images (phantoms of seed 3 + rotated retina), min_votes={opts.min_votes}, "
-          f"min_hog={opts.min_hog}, min_sum={opts.min_sum}",
-          ["positives", "TPR", "cascade only", "HOG only", "either alone", "clean images", "FPR", "throughput"],
-          [[len(p), f"{100 * tpr:.1f} %", *only, len(n), f"{100 * fpr:.2f} %", f"{rate:.1f} img/s"]])
-    SUMMARY.append(["faces", f"TPR {100 * tpr:.1f} % ({len(p)}), FPR {100 * fpr:.2f} % ({len(n)})",
-                    f"{rate:.1f} img/s (256 px)"])
+    s, _ = face_rows(list(photos.values()), opts)
+    table("Faces: photographs (none used in tuning)", ["image", "dlib", "haar", "flagged"],
+          [[name, f"{d:.2f}", f"{h:.0f}", bool(f)] for name, (d, h), f in zip(photos, s, flagged(s, opts))])
+    rng = np.random.default_rng(2)
+    n_bg = args.face_bg
+    sources = {
+        "phantom seed 3, 256 px": [phantom(3, i, i % 2, 256) for i in range(n_bg)],
+        "phantom seed 3, 128 px": [phantom(3, i, i % 2, 128) for i in range(n_bg)],
+        "other renderer, 256 px": [alt_render(11, i, i % 2, 256) for i in range(n_bg)],
+        "other renderer, 128 px": [alt_render(12, i, i % 2, 128) for i in range(n_bg)],
+        "real retina (rotated, scaled), 256 px": [np.clip(affine(retina(256), dx=0, dy=0, angle=a, scale=sc), 0, 1)
+                                                  for a in range(-20, 21, 4) for sc in (0.9, 1.0, 1.1)],
+    }
+    rows, all_p, all_n, rates = [], [], [], []
+    for name, bg in sources.items():
+        n, rate_n = face_rows(bg, opts)
+        p, rate_p = face_rows(pasted(bg, lfw[50:100], rng, args.face_reps), opts)
+        fp, tp = flagged(n, opts), flagged(p, opts)
+        all_p.append(tp), all_n.append(fp), rates.append(rate_n)
+        rows.append([name, len(n), f"{100 * fp.mean():.2f} %", len(p), f"{100 * tp.mean():.1f} %",
+                     f"{100 * np.mean(p[:, 0] > opts.min_dlib):.1f} %",
+                     f"{100 * np.mean(p[:, 1] >= opts.min_haar):.1f} %",
+                     f"{rate_n:.1f}"])
+    if args.face_model_samples:
+        n, rate_n = face_rows(default_model_samples(args.face_model_samples), opts)
+        fp = flagged(n, opts)
+        all_n.append(fp)
+        rows.append(["default model samples (32 px, seed 7)", len(n), f"{100 * fp.mean():.2f} %", "-", "-", "-", "-",
+                     f"{rate_n:.1f}"])
+    table(f"Faces, held out (LFW faces 50-99 pasted {args.face_reps} times each at 15-50 % of the side; no image "
+          f"here was used for tuning), dlib > {opts.min_dlib} or Haar votes >= {opts.min_haar}",
+          ["source", "clean", "FPR", "faces", "TPR", "dlib alone", "Haar alone", "img/s (clean)"], rows)
+    tp, fp = np.concatenate(all_p), np.concatenate(all_n)
+    SUMMARY.append(["faces", f"TPR {100 * tp.mean():.1f} % ({len(tp)}), FPR {100 * fp.mean():.2f} % ({len(fp)}), "
+                    f"worst source FPR {100 * max(f.mean() for f in all_n):.2f} %",
+                    f"{rates[0]:.1f} img/s (256 px)"])
 
 
 # --- metadata -----------------------------------------------------------------------------------------------
@@ -261,10 +274,12 @@ def main() -> None:
     ap.add_argument("--text-reps", type=int, default=3)
     ap.add_argument("--face-bg", type=int, default=120)
     ap.add_argument("--face-reps", type=int, default=4, help="pastes of each LFW face (tuning and held out)")
+    ap.add_argument("--face-model-samples", type=int, default=100, help="default-model samples checked (0: none)")
     ap.add_argument("--tune-faces", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.patients, args.impostors, args.holdout, args.text_clean, args.text_reps, args.face_bg = 20, 10, 10, 12, 1, 20
+        args.patients, args.impostors, args.holdout, args.text_clean, args.text_reps = 20, 10, 10, 12, 1
+        args.face_bg, args.face_model_samples = 20, 10
     only = set(args.only.split(","))
     for name, fn in (("metadata", bench_metadata), ("text", bench_text), ("faces", bench_faces),):
         if name in only:

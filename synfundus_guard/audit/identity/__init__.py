@@ -5,7 +5,7 @@ Each filter is a :class:`~synfundus_guard.audit.base.Check` whose ``name`` match
 
 * vessel biometrics live in :mod:`synfundus_guard.audit.vessels` (templates stored in the training index);
 * :class:`TextCheck` -- burned-in text; with a blocklist of training identifiers, OCR (tesseract) finds them;
-* :class:`FaceCheck` -- a frontal face (scikit-image's LBP cascade);
+* :class:`FaceCheck` -- a frontal face (dlib's detector, OpenCV's Haar cascades);
 * :class:`MetadataCheck` -- a released file carries metadata; :func:`strip_metadata` removes it.
 
 Public reasons and scores never name a training image or patient; such evidence goes to ``Finding.private``.

@@ -1,41 +1,33 @@
 """Face check: flags images that contain a human face (clinical photographs, or a generator that learned one).
 
-Two detectors run on a grey copy whose shorter side is ``work_side`` pixels (or the image's own, if smaller,
-but at least ``min_work_side``), over faces of ``min_fraction`` to ``max_fraction`` of the shorter side;
-an image is flagged when either fires, or when both come close (``min_sum``):
+Only pretrained, widely used detectors whose weights ship inside registry packages run here; nothing is fitted
+on the project's phantom (an earlier HOG classifier trained on phantom windows flagged 24 % of clean fundus
+photographs from a renderer it had never seen). Both scan a grey copy whose shorter side is ``work_side``
+pixels, for faces of ``min_fraction`` to ``max_fraction`` of that side:
 
-* scikit-image's multi-block LBP cascade with the OpenCV frontal-face model (ships with scikit-image), run on
-  the image and its mirror; windows are grouped here and a group's votes are the smaller of its direct and
-  mirrored window counts (a frontal face is close to symmetric, chance hits on fundus texture rarely survive
-  the mirror). Public score ``faces.votes``: the best group's votes; fires at ``min_votes``.
-* a linear HOG window classifier scanned over an image pyramid (:mod:`._faceverify`), trained on jittered
-  variants of LFW faces 0-49 pasted into phantom photographs of seeds 910/911 and non-face photographs. Public
-  score ``faces.hog``: the best window's logit; fires at ``min_hog``.
+* dlib's frontal face detector (HOG features + a linear SVM trained by dlib on labelled real faces; compiled into
+  the ``dlib-bin`` wheel), run with one upsampling step so that faces of about 40 px are found. Public score
+  ``faces.dlib``: the best detection's SVM score; it fires above dlib's own decision threshold, 0
+  (``min_dlib``), which was not tuned here.
+* OpenCV's Viola-Jones Haar cascades ``haarcascade_frontalface_alt`` and ``..._alt2`` (shipped in
+  ``opencv-python-headless`` 4.x), each run on the image and its mirror without OpenCV's grouping: a window
+  group's votes are the smaller of its direct and mirrored window counts (a frontal face is close to symmetric;
+  chance hits on fundus texture rarely survive the mirror), and the two cascades must agree on the place (the
+  smaller of their overlapping groups' votes). Public score ``faces.haar``; fires at ``min_haar`` votes.
 
-The thresholds were chosen on the tuning split (LFW faces 0-49, 4 pastes each, into 120 phantom photographs of
-seed 901, which the classifier never saw; ``bench/bench_identity.py --only faces --tune-faces``): first the
-pair with the highest true-positive rate at <= 1 % false positives, then the strictest (98.0 % TPR, 0.8 %
-FPR); then ``min_sum`` (99.5 %, 0.8 %). On held-out faces (LFW 50-99, 4 pastes each, in phantoms of seed 3 and
-the rotated real photograph) the cascade alone finds 95.0 % of pasted faces, the HOG classifier alone 92.5 %,
-either of the two 98.0 %, all three rules 98.5 % with no false positives among 131 clean images (short of the
-99 % goal: 3 of 200 faces missed); a real photograph of a face (``skimage.data.astronaut``) is found by both
-detectors.
+``min_haar`` is the one number chosen here: the smallest vote count at which, together with dlib at its own
+threshold, no clean image of the tuning split is flagged (phantoms of seed 901 at 256 px and 32 px; LFW faces
+0-49 pasted into them; ``bench/bench_identity.py --only faces --tune-faces``). It is validated on data that
+played no part in choosing it: LFW faces 50-99, phantoms of another seed, a second, independent fundus renderer
+(``bench/alt_fundus.py``) and the real ``skimage.data.retina()`` photograph, at 256 and 128 px (bench table).
 
-The thresholds are fundus thresholds: every clean tuning image is a fundus photograph. Other photographs fire
-more often: of 23 scikit-image photographs without a face, ``rocket``, ``coins``, ``cell``, ``page`` and
-``stereo_motorcycle`` are flagged (HOG logits 2.6-3.5; the earlier weights at ``min_hog`` 4.0 flagged only
-``page`` of the 11 of them tried), all five among the photographs whose windows trained the classifier as
-negatives: a linear model does not push every window of them below a threshold set on fundus images. A release
-of other modalities (X-ray, skin, histology) should tune ``min_hog`` on its own clean images
-(``FaceCheck(options=FaceOptions(min_hog=...))``); a false positive costs an image, never a leak.
-
-Faces smaller than ``min_fraction`` carry little identity; above ``max_fraction`` a window would cover the
-whole fundus disc, which the cascade mistakes for a face.
+Faces smaller than ``min_fraction`` of the shorter side, or than ``min_face_px`` pixels in the input image (a
+32 px generated sample enlarged to ``work_side`` holds interpolated blobs, not identity), are not searched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -43,15 +35,14 @@ import numpy as np
 
 from ...data.fov import resize_image
 from ..base import Candidate, Check, Finding
-from ._faceverify import best_window, model_digest
 
 NAME = "faces"
-KEY_VOTES = "faces.votes"
-"""Public score: mirror-confirmed cascade votes of the most face-like window group (higher = more face-like)."""
-KEY_HOG = "faces.hog"
-"""Public score: logit of the most face-like window of the HOG classifier (higher = more face-like);
-``NO_WINDOW`` when the image is too small for one."""
-NO_WINDOW = -100.0
+KEY_DLIB = "faces.dlib"
+"""Public score: SVM score of dlib's most face-like detection (> 0 is dlib's own "face"); ``NO_DETECTION``."""
+KEY_HAAR = "faces.haar"
+"""Public score: mirror-confirmed votes on which both Haar cascades agree (0: none)."""
+NO_DETECTION = -10.0
+HAAR_MODELS = ("haarcascade_frontalface_alt.xml", "haarcascade_frontalface_alt2.xml")
 
 
 @dataclass(frozen=True)
@@ -59,61 +50,31 @@ class FaceOptions:
     """Detector parameters (see the module docstring)."""
 
     work_side: int = 256
-    """Shorter side of the grey copy the detectors scan (larger images are reduced to it)..."""
-    min_work_side: int = 96
-    """...and smaller ones enlarged to at least this, so the 24 px cascade window can cover a quarter of them."""
-    min_fraction: float = 0.14
+    """Shorter side of the grey copy the detectors scan (images are resized to it, up or down)."""
+    min_fraction: float = 0.12
     max_fraction: float = 0.6
+    """Searched face sizes, as fractions of the shorter side (a Haar window larger than 0.6 covers the fundus
+    disc; dlib is not limited above: a close-up portrait is a face)."""
     min_face_px: int = 16
-    """Faces fewer than this many pixels across *in the input image* are not searched: in a small image
-    (a 32 px generated sample, enlarged to ``min_work_side``) such windows hold interpolated blobs that carry
-    little identity. On 127 generated 32 px fundus images the detectors fired on 6 without this limit,
-    on 1 with it (earlier weights and thresholds; the current check, with ``min_hog_enlarged``, flags none of
-    120 phantoms of seed 901 reduced to 32 px and 2 of 128 samples of the default model, seed 7).
-    Images of 64 px and more are not affected (``min_fraction`` already bounds them)."""
+    """Faces fewer than this many pixels across *in the input image* are not searched."""
+    dlib_upsample: int = 1
+    """dlib's detector window is 80 px; one upsampling step finds faces of about 40 px of the work image."""
+    min_dlib: float = 0.0
+    """dlib's own decision threshold (its detector's default), not tuned here."""
     scale_factor: float = 1.1
-    """Cascade scale step."""
-    hog_step: float = 1.15
-    """Window-size step of the HOG pyramid (the shipped weights were trained with it; a finer 1.1 found fewer
-    tuning-split faces at <= 1 % FPR, 97.0 % against 98.0 %, and costs a third more time)."""
-    min_votes: int = 9
-    min_hog: float = 2.5
-    """Thresholds of the two detectors, tuned together on the tuning split (module docstring; grid 6-12 votes x
-    logit 1.5-5.0): 98.0 % of its 200 pasted faces, 0.8 % (1 of 120) of its clean phantoms."""
-    min_hog_enlarged: float = 3.0
-    """``min_hog`` for images enlarged to ``min_work_side`` (shorter side below it, e.g. 32 px generated samples):
-    the classifier never saw interpolated images, and there its logits run higher on fundus texture. On 64 samples
-    of the shipped default model (seed 0) the logit reached 2.86 (4 of 64 >= 2.5), on 120 phantoms of seed 901
-    reduced to 32 px 2.42; the first half-step above both is used. Faces in such images are small and carry
-    little identity: of LFW faces 0-49 pasted at 50-90 % of a 32 px phantom the HOG logit reaches 3.0 for 21 %
-    (2.5: 38 %); the cascade still fires on its own."""
-    min_sum: float = 1.48
-    """An image is also flagged when ``votes / min_votes + hog / min_hog >= min_sum``: both detectors nearly
-    sure. On fundus texture the two err on different windows (the clean tuning phantoms that score high on one
-    score low on the other), while a face that one detector only just misses usually scores well on the other.
-    Tuned on the tuning split after the two thresholds (grid 1.0-2.0): the middle of the range with the highest
-    TPR at <= 1 % FPR (1.39-1.57: 99.5 %, 0.8 %), since its edges sit on single tuning images."""
+    """Haar cascade scale step."""
+    min_haar: int = 6
+    """Mirror-confirmed votes both Haar cascades must reach (tuned on the tuning split; module docstring)."""
 
 
-def options_for(image: np.ndarray, options: FaceOptions) -> FaceOptions:
-    """The options that apply to ``image``: enlarged (small) images use ``min_hog_enlarged``."""
-    if min(np.shape(image)[:2]) < options.min_work_side:
-        return replace(options, min_hog=options.min_hog_enlarged)
-    return options
-
-
-def flagged_by(votes: float, hog: float, options: FaceOptions) -> list[str]:
-    """Why the scores flag an image (empty: they do not): each detector alone, or both together."""
-    o = options
-    both = votes / o.min_votes + hog / o.min_hog
+def flagged_by(dlib: float, haar: float, options: FaceOptions = FaceOptions()) -> list[str]:
+    """Why the scores flag an image (empty: they do not)."""
     reasons = []
-    if votes >= o.min_votes:
-        reasons.append(f"face detected ({votes:.0f} mirror-confirmed cascade votes >= {o.min_votes})")
-    if hog >= o.min_hog:
-        reasons.append(f"face detected (HOG face classifier logit {hog:.2f} >= {o.min_hog})")
-    if not reasons and both >= o.min_sum:
-        reasons.append(f"face detected (cascade votes {votes:.0f} / {o.min_votes} + HOG logit {hog:.2f} / "
-                       f"{o.min_hog} = {both:.2f} >= {o.min_sum})")
+    if dlib > options.min_dlib:
+        reasons.append(f"face detected (dlib frontal face detector score {dlib:.2f} > {options.min_dlib})")
+    if haar >= options.min_haar:
+        reasons.append(f"face detected (two Haar face cascades agree, {haar:.0f} mirror-confirmed votes "
+                       f">= {options.min_haar})")
     return reasons
 
 
@@ -123,84 +84,125 @@ class FaceBox:
 
     box: tuple[int, int, int, int]
     detector: str
-    """``"cascade"`` (score = mirror-confirmed votes) or ``"hog"`` (score = logit)."""
+    """``"dlib"`` (score = SVM score) or ``"haar"`` (score = mirror-confirmed votes of both cascades)."""
     score: float
 
 
 @lru_cache(maxsize=1)
-def _cascade() -> Any:
-    from skimage.data import lbp_frontal_face_cascade_filename
-    from skimage.feature import Cascade
+def _dlib() -> Any:
+    import dlib
 
-    return Cascade(lbp_frontal_face_cascade_filename())
+    return dlib.get_frontal_face_detector()
 
 
-def work_image(image: np.ndarray, work_side: int = 256, min_work_side: int = 96) -> tuple[np.ndarray, float]:
-    """The grey copy both detectors scan (float64, shorter side ``work_side`` or clamped) and its scale."""
+@lru_cache(maxsize=1)
+def _haar() -> tuple[Any, ...]:
+    import cv2
+
+    out = []
+    for name in HAAR_MODELS:
+        c = cv2.CascadeClassifier(str(cv2.data.haarcascades) + name)
+        if c.empty():
+            raise RuntimeError(f"OpenCV could not load its face cascade {name} (opencv-python-headless 4.x "
+                               "ships it; 5.x does not)")
+        out.append(c)
+    return tuple(out)
+
+
+def work_image(image: np.ndarray, work_side: int = 256) -> tuple[np.ndarray, float]:
+    """The grey uint8 copy both detectors scan (shorter side ``work_side``) and its scale."""
     img = np.asarray(image, dtype=np.float32)
     grey = img if img.ndim == 2 else img[..., :3] @ np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
     h, w = grey.shape
-    scale = min(max(min(h, w), min_work_side), work_side) / min(h, w)
-    small = resize_image(grey[..., None], max(24, round(h * scale)), max(24, round(w * scale)))[..., 0]
-    return np.ascontiguousarray(small, dtype=np.float64), scale
+    scale = work_side / min(h, w)
+    small = resize_image(grey[..., None], max(1, round(h * scale)), max(1, round(w * scale)))[..., 0]
+    return np.ascontiguousarray(np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8)), scale
 
 
-def _raw_windows(grey: np.ndarray, opts: FaceOptions, min_side: float) -> np.ndarray:
-    """Every window (at least ``min_side`` across) the cascade accepts, as rows (row, col, side); no grouping."""
-    short = min(grey.shape)
-    lo, hi = max(24, int(min_side)), max(24, int(opts.max_fraction * short))
-    found = _cascade().detect_multi_scale(img=grey, scale_factor=opts.scale_factor, step_ratio=1,
-                                          min_size=(lo, lo), max_size=(hi, hi), min_neighbor_number=1,
-                                          intersection_score_threshold=1.0)  # > 1 never holds: no merging
-    return np.array([(d["r"], d["c"], d["width"]) for d in found], dtype=np.int64).reshape(-1, 3)
+def _haar_windows(cascade: Any, grey: np.ndarray, lo: int, hi: int, scale_factor: float) -> np.ndarray:
+    """Every window the cascade accepts, as rows (row, col, side); no grouping."""
+    if hi < lo:
+        return np.zeros((0, 3), np.int64)
+    found = cascade.detectMultiScale(grey, scaleFactor=scale_factor, minNeighbors=0, minSize=(lo, lo),
+                                     maxSize=(hi, hi))
+    return np.array([(y, x, s) for x, y, s, _ in np.reshape(found, (-1, 4))], dtype=np.int64).reshape(-1, 3)
 
 
-def _cascade_groups(small: np.ndarray, opts: FaceOptions,
-                    min_side: float) -> list[tuple[tuple[int, int, int], int]]:
-    """Window groups ((row, col, side) in ``small`` pixels, mirror-confirmed votes), best first."""
-    direct = _raw_windows(small, opts, min_side)
-    mirror = _raw_windows(np.ascontiguousarray(small[:, ::-1]), opts, min_side)
-    mirror[:, 1] = small.shape[1] - mirror[:, 1] - mirror[:, 2]
+def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise: do square windows (row, col, side) overlap by more than half of the smaller one?"""
+    ra, ca, sa = (x[:, None] for x in a.T)
+    rb, cb, sb = b.T
+    inter = (np.clip(np.minimum(ra + sa, rb + sb) - np.maximum(ra, rb), 0, None)
+             * np.clip(np.minimum(ca + sa, cb + sb) - np.maximum(ca, cb), 0, None))
+    return inter > 0.5 * np.minimum(sa, sb) ** 2
+
+
+def _mirror_groups(cascade: Any, grey: np.ndarray, lo: int, hi: int,
+                   scale_factor: float) -> list[tuple[tuple[int, int, int], int]]:
+    """Window groups ((row, col, side), mirror-confirmed votes) of one cascade, best first."""
+    direct = _haar_windows(cascade, grey, lo, hi, scale_factor)
+    mirror = _haar_windows(cascade, np.ascontiguousarray(grey[:, ::-1]), lo, hi, scale_factor)
+    mirror[:, 1] = grey.shape[1] - mirror[:, 1] - mirror[:, 2]
     wins = np.concatenate([direct, mirror])
     if len(wins) == 0:
         return []
     src = np.r_[np.zeros(len(direct), bool), np.ones(len(mirror), bool)]
-    r, c, s = wins.T
-    inter = (np.clip(np.minimum(r[:, None] + s[:, None], r + s) - np.maximum(r[:, None], r), 0, None)
-             * np.clip(np.minimum(c[:, None] + s[:, None], c + s) - np.maximum(c[:, None], c), 0, None))
-    near = inter > 0.5 * np.minimum(s[:, None], s) ** 2
+    near = _overlap(wins, wins)
     votes = np.minimum((near & ~src).sum(1), (near & src).sum(1))
     out, taken = [], np.zeros(len(wins), bool)
     for i in np.argsort(-votes, kind="stable"):
         if taken[i] or votes[i] == 0:
             continue
         taken |= near[i]
-        out.append(((int(r[i]), int(c[i]), int(s[i])), int(votes[i])))
-    return out
+        out.append((tuple(int(v) for v in wins[i]), int(votes[i])))
+    return out  # type: ignore[return-value]
+
+
+def _haar_agreement(grey: np.ndarray, lo: int, hi: int, scale_factor: float) -> list[tuple[tuple, int]]:
+    """Groups of the first cascade with the votes both cascades give that place (the smaller), best first."""
+    first, second = (_mirror_groups(c, grey, lo, hi, scale_factor) for c in _haar())
+    if not first or not second:
+        return []
+    near = _overlap(np.array([g for g, _ in first]), np.array([g for g, _ in second]))
+    other = np.array([v for _, v in second])
+    out = [(g, min(v, int(other[near[i]].max()))) for i, (g, v) in enumerate(first) if near[i].any()]
+    return sorted(out, key=lambda gv: -gv[1])
 
 
 def detect_faces(image: np.ndarray, options: FaceOptions = FaceOptions()) -> list[FaceBox]:
-    """Face candidates: the cascade's window groups (best first), then the HOG classifier's best window (if the
-    image is large enough to hold one). Thresholds are not applied here."""
-    small, scale = work_image(image, options.work_side, options.min_work_side)
-    short = min(small.shape)
+    """Face candidates of both detectors (dlib's best first, then Haar groups, best first), thresholds not
+    applied. dlib candidates are those scoring above ``min_dlib - 1``."""
+    o = options
+    grey, scale = work_image(image, o.work_side)
+    short = min(grey.shape)
+    lo = int(max(o.min_fraction * short, o.min_face_px * scale, 20))
+    hi = int(o.max_fraction * short)
 
-    def to_box(rcs: tuple[int, int, int]) -> tuple[int, int, int, int]:
-        r, c, s = rcs
-        return tuple(int(round(v / scale)) for v in (c, r, c + s, r + s))  # type: ignore[return-value]
+    def to_box(x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
+        return tuple(int(round(v / scale)) for v in (x0, y0, x1, y1))  # type: ignore[return-value]
 
-    lo = max(options.min_fraction * short, options.min_face_px * scale)
-    out = [FaceBox(to_box(rcs), "cascade", float(v)) for rcs, v in _cascade_groups(small, options, lo)]
-    logit, rcs = best_window(small, max(24.0, lo), options.max_fraction * short, options.hog_step)
-    if np.isfinite(logit):
-        out.append(FaceBox(to_box(rcs), "hog", logit))
+    out = []
+    rects, scores, _ = _dlib().run(grey, o.dlib_upsample, o.min_dlib - 1.0)
+    for r, s in sorted(zip(rects, scores), key=lambda rs: -rs[1]):
+        if min(r.width(), r.height()) >= lo:
+            out.append(FaceBox(to_box(r.left(), r.top(), r.right(), r.bottom()), "dlib", float(s)))
+    for (r, c, s), v in _haar_agreement(grey, lo, hi, o.scale_factor):
+        out.append(FaceBox(to_box(c, r, c + s, r + s), "haar", float(v)))
     return out
 
 
 def face_scores(boxes: Sequence[FaceBox]) -> dict[str, float]:
-    """The public scores of :func:`detect_faces`'s candidates (0 votes / ``NO_WINDOW`` when absent)."""
-    return {KEY_VOTES: max((b.score for b in boxes if b.detector == "cascade"), default=0.0),
-            KEY_HOG: max((b.score for b in boxes if b.detector == "hog"), default=NO_WINDOW)}
+    """The public scores of :func:`detect_faces`'s candidates (``NO_DETECTION`` / 0 votes when absent)."""
+    return {KEY_DLIB: max((b.score for b in boxes if b.detector == "dlib"), default=NO_DETECTION),
+            KEY_HAAR: max((b.score for b in boxes if b.detector == "haar"), default=0.0)}
+
+
+def model_versions() -> dict[str, str]:
+    """Versions of the packages whose detectors run here (for fingerprints: other weights, other scores)."""
+    import cv2
+    import dlib
+
+    return {"dlib": str(dlib.__version__), "opencv": str(cv2.__version__)}
 
 
 class FaceCheck(Check):
@@ -213,22 +215,19 @@ class FaceCheck(Check):
 
     def fingerprint(self) -> dict[str, Any]:
         o = self.options
-        return {"name": self.name, "min_votes": o.min_votes, "min_hog": o.min_hog, "min_sum": o.min_sum,
-                "min_hog_enlarged": o.min_hog_enlarged,
-                "work_side": o.work_side,
-                "min_work_side": o.min_work_side, "min_fraction": o.min_fraction, "max_fraction": o.max_fraction,
-                "min_face_px": o.min_face_px,
-                "scale_factor": o.scale_factor, "hog_step": o.hog_step, "hog_model": model_digest()}
+        return {"name": self.name, "work_side": o.work_side, "min_fraction": o.min_fraction,
+                "max_fraction": o.max_fraction, "min_face_px": o.min_face_px, "dlib_upsample": o.dlib_upsample,
+                "min_dlib": o.min_dlib, "scale_factor": o.scale_factor, "min_haar": o.min_haar,
+                "haar_models": list(HAAR_MODELS), **model_versions()}
 
     def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
-        o = self.options
         findings = []
         for cand in batch:
-            boxes = detect_faces(cand.image, o)
+            boxes = detect_faces(cand.image, self.options)
             scores = face_scores(boxes)
-            reasons = flagged_by(scores[KEY_VOTES], scores[KEY_HOG], options_for(cand.image, o))
+            reasons = flagged_by(scores[KEY_DLIB], scores[KEY_HAAR], self.options)
             private = {"boxes": [{"box": list(b.box), "detector": b.detector, "score": b.score}
-                                 for b in boxes[:5] + [b for b in boxes[5:] if b.detector == "hog"]]}
+                                 for b in boxes[:8]]}
             findings.append(Finding(check=self.name, flagged=bool(reasons), reasons=tuple(reasons),
                                     scores=scores, private=private))
         return findings
