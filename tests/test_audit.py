@@ -179,3 +179,79 @@ def test_index_from_another_training_set_or_embedder_is_refused(ds, tmp_path):
     (index / "meta.json").write_text(json.dumps(meta))
     res = runner.invoke(app, audit_args(ds, ds["clean"], tmp_path / "o3", "--index", str(index), "--no-manifest"))
     assert res.exit_code == 2 and "built with embedder" in res.output
+
+
+def test_worker_processes_give_the_same_report_as_one_process(ds, leaky_run, tmp_path):
+    """--workers 2 (two spawned processes, each loading the index from its folder) against the in-process run."""
+    _, out1, _ = leaky_run
+    release = copy_release(ds["leaky"], tmp_path / "leaky")
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out", "--workers", "2", "--batch-size", "3"))
+    assert res.exit_code == 1, res.output
+    one, two = (json.loads((o / "report.json").read_text()) for o in (out1, tmp_path / "out"))
+    assert [i["file_name"] for i in two["images"]] == [i["file_name"] for i in one["images"]]
+    for a, b in zip(one["images"], two["images"]):
+        assert (a["verdict"], a["reasons"], a["checks"]) == (b["verdict"], b["reasons"], b["checks"])
+        assert a["scores"].keys() == b["scores"].keys()
+        for k in a["scores"]:  # single-threaded workers may sum in another order: same to 1e-5
+            assert abs(a["scores"][k] - b["scores"][k]) <= 1e-5 * max(1.0, abs(a["scores"][k])), k
+    assert one["summary"] == two["summary"] and one["verdict"] == two["verdict"]
+    ev1, ev2 = (json.loads((o / "private" / "evidence.json").read_text()) for o in (out1, tmp_path / "out"))
+    assert ev1["images"].keys() == ev2["images"].keys()
+    for name in ev1["images"]:  # the same evidence names the same closest training images
+        m1, m2 = ev1["images"][name]["memorization"], ev2["images"][name]["memorization"]
+        assert m1["closest_training_image"] == m2["closest_training_image"]
+
+
+def test_workers_must_be_a_count(ds, tmp_path):
+    release = copy_release(ds["clean"], tmp_path / "clean")
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out", "--workers", "-1"))
+    assert res.exit_code == 2 and not (tmp_path / "out").exists()
+
+
+def _journal_rows(out: Path) -> int:
+    import sqlite3
+
+    path = out / "private" / "journal.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.1) as db:
+            return db.execute("SELECT COUNT(*) FROM done").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_audit_killed_midway_resumes_without_redoing_finished_images(ds, leaky_run, tmp_path):
+    """kill -9 once some batches are journaled; the same command again checks only the rest and writes the
+    report an uninterrupted run writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, straight, _ = leaky_run
+    release = copy_release(ds["leaky"], tmp_path / "leaky")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "synfundus_guard.cli.main",
+           *audit_args(ds, release, out, "--batch-size", "1", "--workers", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while _journal_rows(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = _journal_rows(out)
+    n = ds["n_novel"] + ds["n_copies"]
+    assert 2 <= finished < n, "the kill must land after some images and before the last"
+    assert not (out / "report.json").exists() and not (release / "manifest.json").exists()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1, again.stdout + again.stderr
+    said = again.stdout + again.stderr
+    assert f"resuming: {finished} of {n} images" in " ".join(said.split())
+    one, two = (json.loads((o / "report.json").read_text()) for o in (straight, out))
+    assert [(i["file_name"], i["verdict"], i["reasons"]) for i in one["images"]] == \
+        [(i["file_name"], i["verdict"], i["reasons"]) for i in two["images"]]
+    assert one["summary"] == two["summary"] and one["verdict"] == two["verdict"]
+    assert not (out / "private" / "journal.sqlite").exists()  # the report holds the results now

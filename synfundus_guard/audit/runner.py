@@ -8,17 +8,20 @@ input anywhere raises before anything is written, so there is never a half-writt
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..data.folder import ImageRecord, scan_folder
-from ..data.images import decode_image, list_images, read_image_bytes
+from ..data.images import list_images, read_image_bytes
 from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
 from ..embed.registry import DEFAULT_SPEC, embedder_from_spec
-from ..errors import IndexMismatchError, InputError
+from ..errors import GuardError, IndexMismatchError, InputError
 from ..fsutil import sha256_bytes
 from ..index.calibrate import Calibration, calibrate
 from ..index.store import (INDEX_VERSION, GuardIndex, build_index, dataset_fingerprint, hash_records,
@@ -27,12 +30,14 @@ from ..policies.evaluate import ReleaseVerdict, evaluate_release, image_result
 from ..policies.schema import Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..release.report import ImageResult, Report, write_report
-from .base import Candidate, Check, run_checks
+from .base import Check, Finding
+from .journal import Journal, decode_findings, holds_journal
 from .memorization import MemorizationCheck
 from .identity.faces import FaceCheck
 from .identity.metadata import MetadataCheck
 from .identity.text import TextCheck
 from .vessels import VesselCheck
+from .workers import auto_workers, map_batches
 
 
 def default_cache_dir() -> Path:
@@ -208,7 +213,7 @@ def _check_paths(release_dir: Path, out_dir: Path) -> None:
         raise InputError(f"--out {out_dir} is inside the release: private evidence must never enter a release")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not _is_report_folder(out):
+    if out.is_dir() and any(out.iterdir()) and not (_is_report_folder(out) or holds_journal(out)):
         raise InputError(f"--out {out_dir} is not empty and holds no guard report; use a new or empty folder "
                          "(an audit never overwrites files it did not write)")
 
@@ -224,6 +229,16 @@ def _is_report_folder(folder: Path) -> bool:
         return False
 
 
+def plan_checks(policy: Policy, index_dir: Path | None, embedder: str | Embedder,
+                calibration: Calibration | None) -> list[Check]:
+    """Build the checks again from picklable parts (in a worker process: the index is loaded from its folder)."""
+    guard = None
+    if index_dir is not None and calibration is not None:
+        emb = embedder_from_spec(embedder) if isinstance(embedder, str) else embedder
+        guard = Guard(index=load_index(index_dir, emb), calibration=calibration)
+    return build_checks(policy=policy, guard=guard)
+
+
 def check_images(
     checks: Sequence[Check],
     release_dir: Path,
@@ -232,32 +247,49 @@ def check_images(
     batch_size: int,
     progress: Progress,
     checked: dict[str, str] | None = None,
+    workers: int = 1,
+    factory: Callable[[], Sequence[Check]] | None = None,
+    journal: Journal | None = None,
 ) -> tuple[list[ImageResult], dict[str, Any]]:
     """Run checks on every image of ``release_dir``; returns public results and private evidence.
 
     ``checked``, when given, receives the sha256 of the bytes each image was checked from, so the seal can
-    prove it covers exactly what was checked.
+    prove it covers exactly what was checked. ``workers`` > 1 checks in that many processes, which build their
+    checks with ``factory`` (:mod:`.workers`); results are the same, in the same order. With a ``journal``, each
+    checked batch is committed to it, and images it already holds (same name, same bytes) are not checked again.
     """
     rels = list_images(release_dir, follow_links=False)
+    done: dict[str, tuple[str, list[Finding]]] = {}
+    todo = rels
+    if journal is not None:
+        old = journal.finished()
+        for rel in rels:
+            name = rel.as_posix()
+            if name in old and sha256_bytes(read_image_bytes(release_dir / rel)) == old[name][0]:
+                done[name] = (old[name][0], decode_findings(old[name][1]))
+        todo = [r for r in rels if r.as_posix() not in done]
+        if done:
+            progress.log(f"resuming: {len(done)} of {len(rels)} images were checked by an interrupted run of this "
+                         "audit; they are not checked again")
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    with progress.task("Checking release", total=len(todo)) as t:
+        for out in map_batches(factory or (lambda: checks), checks, release_dir, batches,
+                               workers=workers if factory else 1):
+            if journal is not None:
+                journal.add((cand.file_name, sha, findings) for cand, sha, findings in out)
+            for cand, sha, findings in out:
+                done[cand.file_name] = (sha, findings)
+            t.advance(len(out))
     results: list[ImageResult] = []
     private: dict[str, Any] = {}
-    with progress.task("Checking release", total=len(rels)) as t:
-        for i in range(0, len(rels), batch_size):
-            batch = [_candidate(release_dir, r, checked) for r in rels[i : i + batch_size]]
-            for cand, findings in zip(batch, run_checks(checks, batch)):
-                results.append(image_result(cand.file_name, findings, policy))
-                private[cand.file_name] = {f.check: f.private for f in findings if f.private}
-            t.advance(len(batch))
+    for rel in rels:
+        name = rel.as_posix()
+        sha, findings = done[name]
+        if checked is not None:
+            checked[name] = sha
+        results.append(image_result(name, findings, policy))
+        private[name] = {f.check: f.private for f in findings if f.private}
     return results, private
-
-
-def _candidate(release_dir: Path, rel: Path, checked: dict[str, str] | None) -> Candidate:
-    """Read one release file once: its bytes are decoded for the checks and hashed for the seal."""
-    path = release_dir / rel
-    data = read_image_bytes(path)
-    if checked is not None:
-        checked[rel.as_posix()] = sha256_bytes(data)
-    return Candidate(rel.as_posix(), decode_image(data, str(path)), path)
 
 
 def summarize(results: Sequence[ImageResult]) -> dict[str, Any]:
@@ -285,12 +317,18 @@ def audit_release(
     cache_dir: Path | None = None,
     batch_size: int = 16,
     write_release_manifest: bool = True,
+    workers: int = 0,
     progress: Progress = NULL_PROGRESS,
 ) -> AuditResult:
-    """Audit ``release_dir`` under ``policy``; writes the report to ``out_dir``. See the module docstring."""
+    """Audit ``release_dir`` under ``policy``; writes the report to ``out_dir``. See the module docstring.
+
+    ``workers``: processes that check images (0: one per core, when the release is large enough to gain;
+    :func:`.workers.auto_workers`); 1 checks in this process."""
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     _check_paths(release_dir, out_dir)
-    list_images(release_dir, follow_links=False)  # empty, missing or linked: refused before any heavy work
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InputError(f"workers must be 0 (one per core) or a positive number (got {workers!r})")
+    n_images = len(list_images(release_dir, follow_links=False))  # empty, missing or linked: refused up front
     if write_release_manifest:
         from ..release.manifest import refuse_hidden
 
@@ -309,9 +347,39 @@ def audit_release(
         embedder=guard.index.embedder if guard else embedder, cache_dir=cache_dir or default_cache_dir(),
         progress=progress)
     checks = build_checks(policy=policy, guard=guard, progress=progress)
+    n_workers = auto_workers(n_images, workers)
+    if n_workers > 1:
+        progress.log(f"checking in {n_workers} worker processes")
+    factory = partial(plan_checks, policy, guard.index.path if guard else None,
+                      guard.index.embedder if guard else embedder, guard.calibration if guard else None)
+    made_out = not out_dir.exists()
+    journal = Journal(out_dir, _journal_key(policy, checks, guard))
+    try:
+        return _finish_audit(release_dir, out_dir, policy, guard, checks, release_checks, journal,
+                             write_release_manifest=write_release_manifest, batch_size=batch_size,
+                             workers=n_workers, factory=factory, progress=progress)
+    except GuardError:  # bad input found midway: leave --out as it was (an interrupt keeps the journal)
+        journal.remove()
+        for folder in (out_dir / "private", out_dir) if made_out else ():
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _journal_key(policy: Policy, checks: Sequence[Check], guard: Guard | None) -> str:
+    """What findings depend on: a journal written under another key is not reused."""
+    parts = {"policy": policy.fingerprint(), "checks": [c.fingerprint() for c in checks],
+             "index": guard.index.dataset_fingerprint if guard else None}
+    return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())
+
+
+def _finish_audit(release_dir: Path, out_dir: Path, policy: Policy, guard: Guard | None, checks: Sequence[Check],
+                  release_checks: dict[str, Any], journal: Journal, *, write_release_manifest: bool,
+                  batch_size: int, workers: int, factory: Callable[[], Sequence[Check]],
+                  progress: Progress) -> AuditResult:
     checked: dict[str, str] = {}
     results, private = check_images(checks, release_dir, policy, batch_size=batch_size, progress=progress,
-                                    checked=checked)
+                                    checked=checked, workers=workers, factory=factory, journal=journal)
     report = Report(
         policy=policy.fingerprint(),
         embedder=guard.index.embedder.describe() if guard else {},
@@ -333,6 +401,7 @@ def audit_release(
     if manifest is not None:
         _check_unchanged(manifest, checked)
     path = write_report(report, out_dir, private={"images": private})
+    journal.remove()  # the report holds every result now
     if manifest is not None:
         from ..release.manifest import save_manifest
 

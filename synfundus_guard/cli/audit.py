@@ -26,6 +26,8 @@ def audit(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature/index cache (private)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=4096, help="Images per batch."),
     manifest: bool = typer.Option(True, "--manifest/--no-manifest", help="Write manifest.json into the release."),
+    workers: int = typer.Option(0, "--workers", min=0, max=1024, help="Processes that check images: 0 = one "
+                                "per core when the release has >= 64 images per core, 1 = this process."),
 ) -> None:
     """Audit RELEASE: memorization (FAISS kNN + aligned pixel check) and identity checks under a policy.
 
@@ -39,7 +41,7 @@ def audit(
         result = audit_release(
             release_dir=release, out_dir=out, policy=pol, train_dir=train, holdout_dir=holdout, model_dir=model,
             embedder=embedder, index_dir=index, cache_dir=cache_dir, batch_size=batch_size,
-            write_release_manifest=manifest, progress=progress,
+            write_release_manifest=manifest, workers=workers, progress=progress,
         )
     render_report(result.report, result.verdict, console=console)
     console.print(f"report: {result.report_path}  (private evidence: {result.report_path.parent / 'private'})")

@@ -1,0 +1,129 @@
+"""Audit throughput at scale (issue 10): per-stage cost, end-to-end img/s against a same-run decode baseline,
+worker processes, index build rate, and a projection for a SynFundus-sized audit (1 M vs 1.3 M) on this machine.
+
+    .venv/bin/python bench/bench_scale.py [--train 400] [--holdout 100] [--release 256] [--size 256]
+                                          [--workers 1,2] [--quick]
+
+Data: phantom patients of seed 31 (training, one visit each), seed 32 (holdout) and seed 33 (the "release":
+novel patients), written as PNG files at ``--size`` px; policy ``policies/public.yaml`` (every per-image check).
+Stages are timed on the release files in batches of 16, each check alone in this process; the end-to-end rows
+run ``audit_release`` with a warm index (built and calibrated once before, so the rows time the checks) and
+``--workers`` processes. The baseline is PIL decoding the same release files, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import table  # noqa: E402
+from synfundus_guard.audit.runner import audit_release, build_checks, prepare_guard  # noqa: E402
+from synfundus_guard.audit.workers import read_candidate  # noqa: E402
+from synfundus_guard.data.phantom import generate_phantom  # noqa: E402
+from synfundus_guard.data.images import list_images  # noqa: E402
+from synfundus_guard.policies import load_policy  # noqa: E402
+
+POLICY = ROOT / "policies" / "public.yaml"
+
+
+def decode_rate(folder: Path) -> float:
+    """PIL decode (to RGB arrays) of every image in ``folder``: images/s (best of two passes)."""
+    files = [folder / r for r in list_images(folder)]
+    best = np.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for f in files:
+            with Image.open(f) as im:
+                np.asarray(im.convert("RGB"))
+        best = min(best, time.perf_counter() - t0)
+    return len(files) / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", type=int, default=400)
+    ap.add_argument("--holdout", type=int, default=100)
+    ap.add_argument("--release", type=int, default=256)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--quick", action="store_true", help="small sets (smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.train, args.holdout, args.release = 60, 30, 64
+    policy = load_policy(POLICY)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        generate_phantom(tmp / "train", patients=args.train, visits=1, size=args.size, seed=31)
+        generate_phantom(tmp / "holdout", patients=args.holdout, visits=1, size=args.size, seed=32)
+        generate_phantom(tmp / "release", patients=args.release, visits=1, size=args.size, seed=33)
+        (tmp / "release" / "labels.csv").unlink()
+        print(f"data written in {time.perf_counter() - t0:.0f} s")
+
+        t0 = time.perf_counter()
+        guard = prepare_guard(train_dir=tmp / "train", holdout_dir=tmp / "holdout", k=policy.memorization.k,
+                              cache_dir=tmp / "cache")
+        build_s = time.perf_counter() - t0
+        base = decode_rate(tmp / "release")
+
+        # Per stage, in this process.
+        checks = build_checks(policy=policy, guard=guard)
+        rels = list_images(tmp / "release")
+        batches = [rels[i:i + 16] for i in range(0, len(rels), 16)]
+        t0 = time.perf_counter()
+        cands = [[read_candidate(tmp / "release", r)[0] for r in b] for b in batches]
+        read_s = time.perf_counter() - t0
+        rows = [["read + hash + decode", f"{len(rels) / read_s:.1f}", f"{1000 * read_s / len(rels):.1f}",
+                 f"{base * read_s / len(rels):.2f}"]]
+        stage_s = {}
+        for check in checks:
+            t0 = time.perf_counter()
+            for b in cands:
+                check.check_batch(b)
+            stage_s[check.name] = s = time.perf_counter() - t0
+            rows.append([check.name, f"{len(rels) / s:.1f}", f"{1000 * s / len(rels):.1f}",
+                         f"{base * s / len(rels):.2f}"])
+        total = read_s + sum(stage_s.values())
+        rows.append(["sum of stages", f"{len(rels) / total:.1f}", f"{1000 * total / len(rels):.1f}",
+                     f"{base * total / len(rels):.2f}"])
+        table(f"Per-stage cost, one process, {args.size} px, {len(rels)} release images vs {args.train} training "
+              f"images (baseline: PIL decode {base:.0f} img/s)", ["stage", "img/s", "ms/img", "x decode"], rows)
+
+        # End to end, warm index, 1..N worker processes.
+        rows = []
+        one = None
+        for w in [int(x) for x in args.workers.split(",")]:
+            out = tmp / f"report_w{w}"
+            t0 = time.perf_counter()
+            res = audit_release(release_dir=tmp / "release", out_dir=out, policy=policy, train_dir=tmp / "train",
+                                holdout_dir=tmp / "holdout", cache_dir=tmp / "cache", workers=w,
+                                write_release_manifest=False)
+            s = time.perf_counter() - t0
+            rate = len(rels) / s
+            one = one or rate
+            rows.append([w, f"{s:.1f}", f"{rate:.2f}", f"{base / rate:.0f}x", f"{rate / one:.2f}", res.verdict.verdict,
+                         res.report.summary["n_fail"]])
+        table(f"End-to-end audit_release (warm index), {len(rels)} images at {args.size} px",
+              ["workers", "s", "img/s", "vs decode", "speed-up", "verdict", "failed images"], rows)
+        best = max(float(r[2]) for r in rows)
+        table("Index build + holdout calibration (cold cache)",
+              ["training + holdout images", "s", "img/s"],
+              [[args.train + args.holdout, f"{build_s:.1f}", f"{(args.train + args.holdout) / build_s:.1f}"]])
+        proj_audit = 1_000_000 / best / 3600
+        proj_index = 1_300_000 / ((args.train + args.holdout) / build_s) / 3600
+        table("Projection on this machine (linear; exact search grows with the training set, so this is a floor)",
+              ["job", "hours"], [["audit 1 M release images", f"{proj_audit:.1f}"],
+                                 ["index 1.3 M training images", f"{proj_index:.1f}"]])
+
+
+if __name__ == "__main__":
+    main()
