@@ -14,6 +14,8 @@ from tests.guard_data import make_dataset
 
 runner = CliRunner()
 POLICY = str(Path(__file__).resolve().parents[1] / "policies" / "public.yaml")
+SMALL_POLICY = str(Path(__file__).resolve().parent / "policies" / "public_without_membership.yaml")
+"""public.yaml without membership inference: for releases too small for a membership test (they fail closed)."""
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +23,9 @@ def ds(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("guard"))
 
 
-def audit_args(ds, release: Path, out: Path, *extra: str) -> list[str]:
+def audit_args(ds, release: Path, out: Path, *extra: str, policy: str = POLICY) -> list[str]:
     return ["audit", "--release", str(release), "--train", str(ds["train"]), "--holdout", str(ds["holdout"]),
-            "--policy", POLICY, "--out", str(out), "--cache-dir", str(ds["root"] / "cache"), *extra]
+            "--policy", policy, "--out", str(out), "--cache-dir", str(ds["root"] / "cache"), *extra]
 
 
 def copy_release(src: Path, dst: Path) -> Path:
@@ -61,7 +63,7 @@ def test_leaky_release_fails_and_every_planted_copy_is_flagged(ds, leaky_run):
 
 def test_clean_release_passes(ds, tmp_path):
     release = copy_release(ds["clean"], tmp_path / "clean")
-    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out"))
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out", policy=SMALL_POLICY))
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verdict"] == "pass"
@@ -159,7 +161,8 @@ def test_holdout_sharing_patients_with_train_is_refused_with_count(ds, tmp_path)
 
 def test_index_from_another_training_set_or_embedder_is_refused(ds, tmp_path):
     index = tmp_path / "index"
-    ok = runner.invoke(app, audit_args(ds, ds["clean"], tmp_path / "o1", "--index", str(index), "--no-manifest"))
+    ok = runner.invoke(app, audit_args(ds, ds["clean"], tmp_path / "o1", "--index", str(index), "--no-manifest",
+                                       policy=SMALL_POLICY))
     assert ok.exit_code == 0, ok.output
     assert (index / "meta.json").is_file()
     # same index, different training set
@@ -255,3 +258,13 @@ def test_audit_killed_midway_resumes_without_redoing_finished_images(ds, leaky_r
         [(i["file_name"], i["verdict"], i["reasons"]) for i in two["images"]]
     assert one["summary"] == two["summary"] and one["verdict"] == two["verdict"]
     assert not (out / "private" / "journal.sqlite").exists()  # the report holds the results now
+
+
+def test_a_release_too_small_for_the_membership_test_fails_closed_under_public(ds, tmp_path):
+    """6 images: the black-box attacks cannot run, and public.yaml enables membership: not a pass."""
+    release = copy_release(ds["clean"], tmp_path / "clean")
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out"))
+    assert res.exit_code == 1, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"] == "fail" and report["summary"]["n_fail"] == 0
+    assert any("membership inference ran no attack" in v and "opt out explicitly" in v for v in report["violations"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from synfundus_guard.audit.base import Finding, failed_closed
@@ -41,8 +42,18 @@ def findings(**statuses: str) -> list[Finding]:
 
 
 def report_of(images: list[ImageResult], policy=PUBLIC, **release_checks) -> Report:
+    """A report; unless ``membership`` is given (None: left out), a clean, powered membership section."""
+    checks = {"membership": _membership(), **release_checks}
     return Report(policy=policy.fingerprint(), embedder={}, images=images, verdict="pending",
-                  release_checks=dict(release_checks))
+                  release_checks={k: v for k, v in checks.items() if v is not None})
+
+
+UPPER = parse_policy("name: upper\nmembership: {max_auc: 0.6, max_tpr_at_1pct_fpr: 0.05, bound: upper}\n")
+
+
+def sized(metrics: dict, members: int = 200, nonmembers: int = 200) -> dict:
+    """An attack result with its set sizes (the power rule reads them)."""
+    return {**metrics, "n_members": members, "n_nonmembers": nonmembers}
 
 
 def clean(n: int, policy=PUBLIC) -> list[ImageResult]:
@@ -159,7 +170,7 @@ def test_clean_release_passes_with_a_stable_list_of_checks():
     assert (verdict.image_failures, verdict.failed_fraction, verdict.images) == (0, 0.0, 3)
     assert [c.name for c in verdict.checks] == ["failed-fraction", "membership-auc", "membership-tpr-at-1pct-fpr",
                                                 "membership-tpr-at-01pct-fpr", "differential-privacy"]
-    assert verdict.notes == ("membership inference was not run; the policy's membership limits were not checked",)
+    assert verdict.notes == ()
     assert verdict.actions == dict.fromkeys(IMAGE_CHECKS, "block")
 
 
@@ -180,19 +191,20 @@ def test_failed_fraction_against_the_limit(policy, failures, expected):
 def _membership(auc_upper: float = 0.55) -> list[dict]:
     """Two levels, two attacks each: the worst (patient-level 'loss') is the one that must decide."""
     return [
-        {"level": "image", "attacks": {"distance": {"auc": ci(0.52, 0.48, 0.56), "tpr_at_1pct_fpr": ci(0.01, 0, 0.02)},
-                                       "loss": {"auc": ci(0.53, 0.49, 0.57), "tpr_at_1pct_fpr": ci(0.01, 0, 0.03)}}},
-        {"level": "patient", "attacks": {"distance": {"auc": ci(0.51, 0.45, 0.57), "tpr_at_1pct_fpr": ci(0, 0, 0.01)},
-                                         "loss": {"auc": ci(0.50, 0.45, auc_upper),
-                                                  "tpr_at_1pct_fpr": ci(0.02, 0, 0.04)}}},
+        {"level": "image", "attacks": {
+            "distance": sized({"auc": ci(0.52, 0.48, 0.56), "tpr_at_1pct_fpr": ci(0.01, 0, 0.02)}),
+            "loss": sized({"auc": ci(0.53, 0.49, 0.57), "tpr_at_1pct_fpr": ci(0.01, 0, 0.03)})}},
+        {"level": "patient", "attacks": {
+            "distance": sized({"auc": ci(0.51, 0.45, 0.57), "tpr_at_1pct_fpr": ci(0, 0, 0.01)}, 120, 120),
+            "loss": sized({"auc": ci(0.50, 0.45, auc_upper), "tpr_at_1pct_fpr": ci(0.02, 0, 0.04)}, 120, 120)}},
     ]
 
 
 def test_worst_attack_at_any_level_decides():
-    ok = evaluate_release(report_of(clean(2), membership=_membership(0.59)), PUBLIC)
+    ok = evaluate_release(report_of(clean(2, UPPER), UPPER, membership=_membership(0.59)), UPPER)
     assert ok.verdict == "pass" and check(ok, "membership-auc").status is Status.PASS
     assert "0.590 (worst: loss, patient level)" in check(ok, "membership-auc").message
-    bad = evaluate_release(report_of(clean(2), membership=_membership(0.71)), PUBLIC)
+    bad = evaluate_release(report_of(clean(2, UPPER), UPPER, membership=_membership(0.71)), UPPER)
     assert bad.verdict == "fail"
     assert bad.violations == ("membership AUC upper bound 0.710 (attack loss, patient level) exceeds the policy "
                               "limit 0.6",)
@@ -200,7 +212,7 @@ def test_worst_attack_at_any_level_decides():
 
 
 def test_a_single_level_section_is_read_too():
-    section = {"level": "image", "attacks": {"loss": {"auc": ci(0.7, 0.6, 0.8)}}}
+    section = {"level": "image", "attacks": {"loss": sized({"auc": ci(0.7, 0.6, 0.8)})}}
     verdict = evaluate_release(report_of(clean(1), membership=section), INTERNAL)
     assert verdict.verdict == "pass"  # internal compares the point estimate 0.7 with 0.75
     assert check(verdict, "membership-auc").message.startswith("membership AUC point estimate 0.700")
@@ -209,7 +221,7 @@ def test_a_single_level_section_is_read_too():
 def test_every_bound_member_selects_its_value():
     expected = {Bound.POINT: Status.PASS, Bound.LOWER: Status.PASS, Bound.UPPER: Status.FAIL}
     assert set(expected) == set(Bound)
-    section = {"level": "image", "attacks": {"loss": {"auc": ci(0.58, 0.52, 0.64)}}}
+    section = {"level": "image", "attacks": {"loss": sized({"auc": ci(0.58, 0.52, 0.64)})}}
     for bound, status in expected.items():
         policy = parse_policy(f"name: t\nmembership: {{max_auc: 0.6, bound: {bound.value}}}\n")
         verdict = evaluate_release(report_of(clean(1), membership=section), policy)
@@ -217,8 +229,8 @@ def test_every_bound_member_selects_its_value():
 
 
 def test_counts_every_attack_over_the_limit():
-    section = {"level": "image", "attacks": {a: {"auc": ci(0.7, 0.6, u)} for a, u in (("x", 0.8), ("y", 0.9))}}
-    (violation,) = evaluate_release(report_of(clean(1), membership=section), PUBLIC).violations
+    section = {"level": "image", "attacks": {a: sized({"auc": ci(0.7, 0.6, u)}) for a, u in (("x", 0.8), ("y", 0.9))}}
+    (violation,) = evaluate_release(report_of(clean(1, UPPER), UPPER, membership=section), UPPER).violations
     assert violation.endswith("exceeds the policy limit 0.6; 2 of 2 attack results exceed it")
     assert "0.900 (attack y, image level)" in violation
 
@@ -226,8 +238,8 @@ def test_counts_every_attack_over_the_limit():
 def test_membership_problems_fail_closed():
     errored = evaluate_release(report_of(clean(1), membership={"error": "no holdout set"}), PUBLIC)
     assert errored.violations == ("membership inference could not run: no holdout set",)
-    unusable = {"level": "image", "attacks": {"loss": {"auc": {"point": 0.5, "upper": "high"}}}}
-    verdict = evaluate_release(report_of(clean(1), membership=unusable), PUBLIC)
+    unusable = {"level": "image", "attacks": {"loss": sized({"auc": {"point": 0.5, "upper": "high"}})}}
+    verdict = evaluate_release(report_of(clean(1, UPPER), UPPER, membership=unusable), UPPER)
     assert verdict.violations == (
         "membership AUC: no usable upper value for attack loss, image level (failing closed)",)
     malformed = evaluate_release(report_of(clean(1), membership={"level": "image"}), PUBLIC)
@@ -235,7 +247,7 @@ def test_membership_problems_fail_closed():
 
 
 def test_unmeasured_metric_or_disabled_membership_is_not_a_violation():
-    section = {"level": "image", "attacks": {"loss": {"auc": ci(0.5, 0.45, 0.55)}}}
+    section = {"level": "image", "attacks": {"loss": sized({"auc": ci(0.5, 0.45, 0.55)})}}
     verdict = evaluate_release(report_of(clean(1), membership=section), PUBLIC)
     assert verdict.verdict == "pass"
     assert check(verdict, "membership-tpr-at-1pct-fpr").status is Status.SKIPPED
@@ -318,3 +330,50 @@ def test_gate_report_rejects_a_malformed_report():
     with pytest.raises(InputError, match=r"malformed report: images\[0\]: scores must map names to finite numbers; "
                                          r"images\[0\]: checks must map"):
         gate_report(stored, PUBLIC)
+
+
+def test_membership_the_policy_enables_but_nobody_ran_fails_closed():
+    """A release too small for the attacks, or an audit without training data: not a pass."""
+    missing = evaluate_release(report_of(clean(3), membership=None), PUBLIC)
+    assert missing.verdict == "fail" and check(missing, "membership").status is Status.FAIL
+    assert "opt out explicitly" in check(missing, "membership").message
+    skipped = [{"level": lvl, "attacks": {}, "notes": ["black-box attacks skipped: the release has 6 images"]}
+               for lvl in ("image", "patient")]
+    verdict = evaluate_release(report_of(clean(3), membership=skipped), PUBLIC)
+    assert verdict.verdict == "fail" and "release has 6 images" in check(verdict, "membership").message
+    off = parse_policy("name: no-membership\nmembership: {enabled: false}\n")
+    assert evaluate_release(report_of(clean(3, off), off, membership=None), off).verdict == "pass"
+
+
+@pytest.mark.parametrize(("members", "nonmembers", "powered"), [(121, 80, True), (60, 40, False), (30, 20, False),
+                                                                  (1000, 50, True), (2000, 25, False)])
+def test_an_underpowered_image_level_auc_fails_closed_and_says_so(members, nonmembers, powered):
+    section = [{"level": "image", "attacks": {"density": sized({"auc": ci(0.5, 0.4, 0.6)}, members, nonmembers)}}]
+    verdict = evaluate_release(report_of(clean(1), membership=section), PUBLIC)
+    assert (verdict.verdict == "pass") is powered
+    if not powered:
+        assert "underpowered" in check(verdict, "membership-auc").message
+        assert f"{members} members / {nonmembers} non-members" in check(verdict, "membership-auc").message
+
+
+def test_auc_null_halfwidth_is_the_mann_whitney_null_spread():
+    """Against a simulation: AUCs of scores with no signal, at 121 vs 80, spread by the formula's half-width."""
+    from synfundus_guard.policies.evaluate import auc_null_halfwidth
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(121), np.zeros(80)]
+    aucs = np.array([roc_auc_score(y, rng.standard_normal(201)) for _ in range(4000)])
+    low, high = np.quantile(aucs, [0.025, 0.975])
+    assert abs((high - low) / 2 - auc_null_halfwidth(121, 80)) < 0.005
+
+
+def test_tpr_at_an_fpr_the_nonmembers_cannot_resolve_is_not_judged_and_noted():
+    section = [{"level": "image", "attacks": {"x": sized({"auc": ci(0.5, 0.4, 0.6),
+                                                          "tpr_at_1pct_fpr": ci(0.2, 0.1, 0.3)}, 121, 80)}}]
+    verdict = evaluate_release(report_of(clean(1), membership=section), PUBLIC)
+    assert verdict.verdict == "pass" and check(verdict, "membership-tpr-at-1pct-fpr").status is Status.SKIPPED
+    assert any("80 non-members cannot resolve an FPR of 0.01" in n for n in verdict.notes)
+    resolvable = [{"level": "image", "attacks": {"x": sized({"auc": ci(0.5, 0.4, 0.6),
+                                                             "tpr_at_1pct_fpr": ci(0.2, 0.1, 0.3)}, 121, 100)}}]
+    assert evaluate_release(report_of(clean(1), membership=resolvable), PUBLIC).verdict == "fail"

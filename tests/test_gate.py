@@ -51,7 +51,8 @@ def audited(images, policy=PUBLIC, **release_checks) -> Report:
 
 def membership(auc_upper: float, point: float = 0.5) -> dict:
     return {"level": "patient", "attacks": {"loss": {"auc": {"point": point, "lower": 0.45, "upper": auc_upper},
-                                                     "tpr_at_1pct_fpr": {"point": 0.01, "lower": 0, "upper": 0.02}}}}
+                                                     "tpr_at_1pct_fpr": {"point": 0.01, "lower": 0, "upper": 0.02},
+                                                     "n_members": 200, "n_nonmembers": 200}}}
 
 
 def gate(*args: str):
@@ -191,7 +192,7 @@ def test_junit_cases_counts_and_escaping():
     assert [c.get("name") for c in cases if c.get("classname") == "images"] == ["ok.png", "a<b>&\"q'\\x01\\x1b.png",
                                                                                "face.png"]
     release = {c.get("name"): c for c in cases if c.get("classname") == "release"}
-    assert list(release) == ["failed-fraction", "membership-auc", "membership-tpr-at-1pct-fpr",
+    assert list(release) == ["failed-fraction", "membership", "membership-auc", "membership-tpr-at-1pct-fpr",
                              "membership-tpr-at-01pct-fpr", "differential-privacy"]
     failure = cases[1].find("failure")
     assert failure.get("message") == "memorization: score 0.97 > 0.90; text check could not run: OSError: cannot read"
@@ -199,18 +200,19 @@ def test_junit_cases_counts_and_escaping():
                                          "text check could not run: OSError: cannot read"]
     assert cases[0].find("failure") is None and cases[2].find("failure") is None
     assert cases[2].find("system-out").text == "warning: faces: score 0.97 > 0.90"
-    # membership was not run: every limit is a skipped case, as is DP (not required) -> 4 skipped
-    assert all(release[n].find("skipped") is not None for n in list(release)[1:])
+    # membership was not run although the policy enables it: a failure (fail closed); its limits and DP (not
+    # required) are skipped cases -> 4 skipped
+    assert all(release[n].find("skipped") is not None for n in list(release)[2:])
     assert release["failed-fraction"].find("failure") is not None  # 1 of 3 > 1 %
+    assert "opt out explicitly" in release["membership"].find("failure").get("message")
     counts = {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")}
-    assert counts == {"tests": "8", "failures": "2", "errors": "0", "skipped": "4"}
+    assert counts == {"tests": "9", "failures": "3", "errors": "0", "skipped": "4"}
     assert {p.get("name"): p.get("value") for p in suite.find("properties")}["policy"] == "internal"
-    assert "note: membership inference was not run" in suite.find("system-out").text
 
 
 def test_junit_lists_required_checks_not_run_as_failures(tmp_path):
     images = [image_result("a.png", [Finding("memorization", False)], PUBLIC)]
-    report, verdict = gate_report(audited(images), PUBLIC)
+    report, verdict = gate_report(audited(images, membership=membership(0.5)), PUBLIC)
     assert verdict.verdict == "fail"
     path = write_junit(tmp_path / "j.xml", report, verdict)
     cases = ET.parse(path).getroot().iter("testcase")
@@ -271,7 +273,7 @@ def _rendered(report, verdict, **kwargs) -> str:
 
 def test_render_escapes_file_names_and_limits_rows():
     images = [image(f"[bold red]x{i}\x1b[2J.png", memorization="flag") for i in range(5)] + [image("ok.png")]
-    report, verdict = gate_report(audited(images), PUBLIC)
+    report, verdict = gate_report(audited(images, membership=membership(0.5)), PUBLIC)
     text = _rendered(report, verdict, max_rows=2)
     assert "[bold red]x0\\x1b[2J.png" in text and "[bold red]x1\\x1b[2J.png" in text
     assert "x2" not in text and "... and 3 more flagged images (see report.json)" in text

@@ -188,7 +188,7 @@ def test_guard_audit_runs_membership_and_reports_no_identities(data, tmp_path):
     assert "membership-auc" in result.output
 
 
-def test_a_release_too_small_for_black_box_attacks_is_skipped_with_a_warning(data, tmp_path):
+def test_a_release_too_small_for_black_box_attacks_is_skipped_with_a_warning_and_a_note(data, tmp_path):
     small = tmp_path / "small"
     for p in sorted(data["release"].glob("*.png"))[:6]:
         atomic_write_bytes(small / p.name, p.read_bytes())
@@ -203,7 +203,9 @@ def test_a_release_too_small_for_black_box_attacks_is_skipped_with_a_warning(dat
     progress = Recorder()
     out = release_level_checks(policy=PUBLIC, release_dir=small, train_dir=data["train"], holdout_dir=data["holdout"],
                                model_dir=None, embedder="pixel", progress=progress)
-    assert out == {}  # nothing measured: the policy notes "membership inference was not run"
+    # nothing measured: sections without attacks that say why (the policy then fails them closed)
+    assert [sec["attacks"] for sec in out["membership"]] == [{}, {}]
+    assert all("at least 10 are needed" in sec["notes"][0] for sec in out["membership"])
     assert any("the release has 6 images, at least 10 are needed" in line for line in progress.lines)
     with_model = run_membership(policy=PUBLIC, train_dir=data["train"], holdout_dir=data["holdout"],
                                 release_dir=small, model_dir=data["model"], whitebox=FAST)

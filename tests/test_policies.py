@@ -55,7 +55,7 @@ def test_shipped_public_policy_is_strict():
     policy = load_policy(POLICIES / "public.yaml")
     assert policy.name == "public"
     assert policy.max_failed_fraction == 0.0
-    assert policy.membership.bound is Bound.UPPER
+    assert policy.membership.bound is Bound.POINT  # with the power rule: see policies/evaluate.py
     assert policy.membership.max_tpr_at_1pct_fpr == 0.05
     assert all(getattr(policy.identity, n).action is Action.BLOCK for n in ("vessels", "text", "faces", "metadata"))
     assert len(policy.sha256) == 64 and policy.source.endswith("public.yaml")

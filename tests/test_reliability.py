@@ -22,7 +22,8 @@ from synfundus_guard.policies.schema import Policy
 from tests.guard_data import make_dataset
 
 runner = CliRunner()
-POLICY = str(Path(__file__).resolve().parents[1] / "policies" / "public.yaml")
+POLICY = str(Path(__file__).resolve().parent / "policies" / "public_without_membership.yaml")
+"""public.yaml without membership inference: these releases (3-10 images) are too small for a membership test."""
 
 
 # -- fail closed ---------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ MEMBERSHIP_LIMITS = (
 
 Every metric is lower-is-better: an attack that separates members from non-members leaks membership.
 """
+LOW_FPR = {"tpr_at_1pct_fpr": 0.01, "tpr_at_01pct_fpr": 0.001}
+"""The false-positive rate each low-FPR metric is read at."""
 
 PASS, FLAG, ERROR = "pass", "flag", "error"
 """Per-check statuses stored in :attr:`ImageResult.checks`."""
@@ -243,11 +245,49 @@ def _attack_results(sections: list[Any]) -> list[tuple[str, Any]]:
     return out
 
 
+def auc_null_halfwidth(n_members: int, n_nonmembers: int) -> float:
+    """Half-width of the 95 % range of an AUC measured on sets of these sizes when the attack is pure chance:
+    ``1.96 * sqrt((m + n + 1) / (12 m n))``, the exact null variance of the Mann-Whitney statistic (no ties)."""
+    m, n = max(int(n_members), 1), max(int(n_nonmembers), 1)
+    return 1.96 * math.sqrt((m + n + 1) / (12 * m * n))
+
+
+def _power_problem(key: str, limit: float, metrics: Mapping) -> str | None:
+    """Why this attack result cannot support a verdict on ``limit`` at its set sizes (None: it can).
+
+    AUC: chance and the limit must be farther apart than chance's own 95 % spread at these sizes (otherwise a
+    release at chance could land over the limit, and one at the limit under it, by sampling alone). TPR at an
+    FPR: that FPR must be resolvable, i.e. at least one non-member per ``1 / FPR``.
+    """
+    m, n = _number(metrics.get("n_members")), _number(metrics.get("n_nonmembers"))
+    if m is None or n is None:
+        return "set sizes missing"
+    if key == "auc":
+        hw = auc_null_halfwidth(int(m), int(n))
+        if hw > limit - 0.5:
+            return (f"{int(m)} members / {int(n)} non-members: chance alone spreads the AUC by +-{hw:.3f}, more "
+                    f"than the limit's margin over chance ({limit - 0.5:.3f})")
+        return None
+    fpr = LOW_FPR.get(key)
+    if fpr is not None and n * fpr < 1:
+        return f"{int(n)} non-members cannot resolve an FPR of {fpr:g} (>= {math.ceil(1 / fpr)} needed)"
+    return None
+
+
 def _membership_limit(attacks: list[tuple[str, Any]], name: str, key: str, display: str, limit: float,
                       bound: Bound, notes: list[str]) -> ReleaseCheck:
+    """Judge one limit over every attack result (attack x level) that measured it.
+
+    The limit is compared with each result's ``bound`` value. With ``bound: point`` a result must also have
+    the power to judge the limit (:func:`_power_problem`): an underpowered image-level AUC fails the release
+    closed (the test could not have told a leaking release from a clean one); other underpowered results are
+    listed as not judged. (A membership section with no attack at all fails in :func:`_membership`.)
+    """
     which = "point estimate" if bound is Bound.POINT else f"{bound.value} bound"
     values: list[tuple[float, str]] = []
     unusable: list[str] = []
+    weak: list[str] = []
+    blocking: list[str] = []
     for label, metrics in attacks:
         if not isinstance(metrics, Mapping) or key not in metrics:
             continue
@@ -255,14 +295,29 @@ def _membership_limit(attacks: list[tuple[str, Any]], name: str, key: str, displ
         value = _number(metric.get(bound.value)) if isinstance(metric, Mapping) else None
         if value is None:
             unusable.append(label)
-        else:
+            continue
+        problem = _power_problem(key, limit, metrics) if bound is Bound.POINT else None
+        if problem is None:
             values.append((value, label))
+        elif key == "auc" and label.endswith("image level"):
+            blocking.append(f"{label}: {problem}")
+        else:
+            weak.append(f"{label}: {problem}")
     if unusable:
         return ReleaseCheck(name, Status.FAIL, f"membership {display}: no usable {bound.value} value for attack "
                             f"{'; '.join(unusable)} (failing closed)")
+    if weak:
+        notes.append(f"membership {display} not judged for {len(weak)} underpowered result(s): {'; '.join(weak)}")
+    if blocking:
+        return ReleaseCheck(name, Status.FAIL, f"membership {display}: the test is underpowered "
+                            f"({'; '.join(blocking)}); audit with more training and holdout images, or disable "
+                            "membership in the policy to opt out explicitly (failing closed)")
     if not values:
-        text = f"membership {display} was not measured by any attack; limit {limit:g} not checked"
-        notes.append(text)
+        if weak:
+            text = f"membership {display} not judged: every result is underpowered at these set sizes"
+        else:
+            text = f"membership {display} was not measured by any attack; limit {limit:g} not checked"
+            notes.append(text)
         return ReleaseCheck(name, Status.SKIPPED, text)
     worst, label = max(values)
     over = sum(1 for v, _ in values if v > limit)
@@ -280,9 +335,10 @@ def _membership(section: Any, mp: MembershipPolicy, notes: list[str]) -> list[Re
 
     if not mp.enabled:
         return all_limits("membership limits disabled by the policy")
-    if not section:
-        notes.append("membership inference was not run; the policy's membership limits were not checked")
-        return all_limits("membership inference not run")
+    if not section:  # fail closed: the policy asks for evidence the audit did not produce
+        why = ("membership inference was not run (an audit runs it given --train and --holdout), but the policy "
+               "enables it; failing closed (disable membership in the policy to opt out explicitly)")
+        return [ReleaseCheck("membership", Status.FAIL, why), *all_limits("not evaluated: membership not run")]
     sections = section if isinstance(section, list) else [section]
     errors = [str(s["error"]) for s in sections if isinstance(s, Mapping) and s.get("error")]
     try:
@@ -292,6 +348,11 @@ def _membership(section: Any, mp: MembershipPolicy, notes: list[str]) -> list[Re
     if errors:  # fail closed: one violation, the limits themselves could not be judged
         failed = ReleaseCheck("membership", Status.FAIL, f"membership inference could not run: {'; '.join(errors)}")
         return [failed, *all_limits("not evaluated: membership inference failed")]
+    if not attacks:  # e.g. a release too small for the black-box attacks and no model given
+        why = [str(n) for sec in sections if isinstance(sec, Mapping) for n in sec.get("notes") or ()][:1]
+        text = ("membership inference ran no attack" + (f" ({why[0]})" if why else "") + ", but the policy enables "
+                "it; failing closed (disable membership in the policy to opt out explicitly)")
+        return [ReleaseCheck("membership", Status.FAIL, text), *all_limits("not evaluated: no attack ran")]
     out = []
     for name, key, field_name, display in MEMBERSHIP_LIMITS:
         limit = getattr(mp, field_name)

@@ -249,15 +249,15 @@ def run_membership(*, policy: Policy, train_dir: Path, holdout_dir: Path, releas
     """Run membership inference and return the value for ``report.release_checks["membership"]``.
 
     A list of two sections (image level, patient level), each ``{"attacks": {name: metrics}, "level": ...}``
-    with bootstrap CIs from ``policy.membership.bootstrap`` resamples; an empty list when no attack could run
-    (only a release below :data:`MIN_RELEASE` images, with a warning). Raises :class:`InputError` or
+    with bootstrap CIs from ``policy.membership.bootstrap`` resamples; sections with no attack and a note why
+    when none could run (only a release below :data:`MIN_RELEASE` images, with a warning). Raises :class:`InputError` or
     :class:`ModelError` for unusable inputs (exit 2) and :class:`CheckError` when an attack fails.
     """
     scores = score_membership(train_dir=train_dir, holdout_dir=holdout_dir, release_dir=release_dir,
                               model_dir=model_dir, embedder=embedder, cache=cache, whitebox=whitebox,
                               blackbox=blackbox, max_per_class=max_per_class, seed=seed, progress=progress)
-    if not scores.scores:
-        return []  # nothing could be attacked (a warning said why): the policy notes membership as not run
+    if not scores.scores:  # nothing could be attacked: the sections say why, and the policy fails them closed
+        return [{"level": level, "attacks": {}, "notes": list(scores.notes)} for level in ("image", "patient")]
     with progress.task("Membership: bootstrap", total=None):
         return membership_report(scores, n_boot=policy.membership.bootstrap, seed=seed)
 
