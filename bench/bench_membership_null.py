@@ -5,7 +5,8 @@ and the public policy must pass them at realistic sizes while failing underpower
 
 Per data source (the phantom, and the second, independent renderer ``bench/alt_fundus.py``): members (training
 images, 2 visits per patient), non-members (holdout patients) and a "release" of other patients are embedded
-once with the built-in pixel embedder; then, for each set size, ``--reps`` random draws run both black-box
+once with the built-in pixel embedder; then, for each set size, ``--reps`` draws (disjoint within each pass over
+the pools; images, not whole patients, are drawn) run both black-box
 attacks and the report's evaluation (patient bootstrap, 200 resamples) and the public policy judges them.
 Printed per size: mean image-level AUC of each attack and its spread, how often the old rule (upper bound <=
 0.6) and the shipped rule (point estimate with the power rule, ``policies/evaluate.py``) pass the release.
@@ -61,7 +62,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     sizes = [(30, 20), (60, 40), (121, 80), (300, 200)]
-    pool = (160, 110, 300)
+    pool = (400, 300, 600)
     if args.quick:
         args.reps, sizes, pool = 5, [(60, 40), (121, 80)], (70, 50, 150)
     rows = []
@@ -72,13 +73,23 @@ def main() -> None:
         release, _ = features(render, 43, pool[2], 1)
         print(f"{source}: features in {time.perf_counter() - t0:.0f} s")
         rng = np.random.default_rng(0)
+
+        def draws(n_pool: int, n: int) -> list[np.ndarray]:
+            """``args.reps`` samples of ``n``: disjoint within each pass over the pool (so that the mean over draws
+            measures the estimator, not one pool's luck), the pool reshuffled between passes."""
+            out: list[np.ndarray] = []
+            while len(out) < args.reps:
+                perm = rng.permutation(n_pool)
+                out += [perm[k:k + n] for k in range(0, n_pool - n + 1, n)]
+            return out[:args.reps]
+
         for n_m, n_h in sizes:
+            m_draws, h_draws = draws(len(members), min(n_m, len(members))), draws(len(holdout), min(n_h, len(holdout)))
+            s_draws = draws(len(release), min(2 * n_h, len(release)))
             aucs: dict[str, list[float]] = {"density-ratio": [], "nearest-synthetic": []}
             old_pass = new_pass = 0
             for rep in range(args.reps):
-                mi = rng.choice(len(members), min(n_m, len(members)), replace=False)
-                hi = rng.choice(len(holdout), min(n_h, len(holdout)), replace=False)
-                si = rng.choice(len(release), min(2 * n_h, len(release)), replace=False)
+                mi, hi, si = m_draws[rep], h_draws[rep], s_draws[rep]
                 q, qp = np.concatenate([members[mi], holdout[hi]]), np.concatenate([mp[mi], hp[hi]])
                 is_member = np.r_[np.ones(len(mi)), np.zeros(len(hi))].astype(bool)
                 attacks = {"density-ratio": density_ratio_scores(release[si], holdout[hi], hp[hi], q, qp, dim=8,

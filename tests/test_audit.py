@@ -268,3 +268,28 @@ def test_a_release_too_small_for_the_membership_test_fails_closed_under_public(d
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verdict"] == "fail" and report["summary"]["n_fail"] == 0
     assert any("membership inference ran no attack" in v and "opt out explicitly" in v for v in report["violations"])
+
+
+def test_ray_engine_gives_the_same_report_as_the_local_engine(ds, leaky_run, tmp_path):
+    """A real local Ray instance (2 actors, each loading the index from its folder) against the local run."""
+    pytest.importorskip("ray")
+    _, local, _ = leaky_run
+    release = copy_release(ds["leaky"], tmp_path / "leaky")
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out", "--engine", "ray", "--workers", "2",
+                                        "--batch-size", "4"))
+    assert res.exit_code == 1, res.output
+    assert "checking on Ray (a local instance, 2 workers)" in " ".join(res.output.split())
+    one, two = (json.loads((o / "report.json").read_text()) for o in (local, tmp_path / "out"))
+    assert [(i["file_name"], i["verdict"], i["reasons"], i["checks"]) for i in one["images"]] == \
+        [(i["file_name"], i["verdict"], i["reasons"], i["checks"]) for i in two["images"]]
+    for a, b in zip(one["images"], two["images"]):
+        assert all(abs(a["scores"][k] - b["scores"][k]) <= 1e-5 * max(1.0, abs(a["scores"][k])) for k in a["scores"])
+    assert one["summary"] == two["summary"] and one["verdict"] == two["verdict"]
+
+
+def test_engine_and_address_are_checked(ds, tmp_path):
+    release = copy_release(ds["clean"], tmp_path / "clean")
+    bad = runner.invoke(app, audit_args(ds, release, tmp_path / "o1", "--engine", "spark"))
+    assert bad.exit_code == 2 and "unknown engine" in bad.output and not (tmp_path / "o1").exists()
+    lone = runner.invoke(app, audit_args(ds, release, tmp_path / "o2", "--address", "10.0.0.1:6379"))
+    assert lone.exit_code == 2 and "--engine ray" in lone.output and not (tmp_path / "o2").exists()

@@ -37,7 +37,7 @@ from .identity.faces import FaceCheck
 from .identity.metadata import MetadataCheck
 from .identity.text import TextCheck
 from .vessels import VesselCheck
-from .workers import auto_workers, map_batches
+from .workers import ENGINES, auto_workers, map_batches
 
 
 def default_cache_dir() -> Path:
@@ -250,6 +250,8 @@ def check_images(
     workers: int = 1,
     factory: Callable[[], Sequence[Check]] | None = None,
     journal: Journal | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> tuple[list[ImageResult], dict[str, Any]]:
     """Run checks on every image of ``release_dir``; returns public results and private evidence.
 
@@ -274,7 +276,8 @@ def check_images(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     with progress.task("Checking release", total=len(todo)) as t:
         for out in map_batches(factory or (lambda: checks), checks, release_dir, batches,
-                               workers=workers if factory else 1):
+                               workers=workers if factory else 1, engine=engine if factory else "local",
+                               address=address):
             if journal is not None:
                 journal.add((cand.file_name, sha, findings) for cand, sha, findings in out)
             for cand, sha, findings in out:
@@ -318,6 +321,8 @@ def audit_release(
     batch_size: int = 16,
     write_release_manifest: bool = True,
     workers: int = 0,
+    engine: str = "local",
+    address: str | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> AuditResult:
     """Audit ``release_dir`` under ``policy``; writes the report to ``out_dir``. See the module docstring.
@@ -328,6 +333,10 @@ def audit_release(
     _check_paths(release_dir, out_dir)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InputError(f"workers must be 0 (one per core) or a positive number (got {workers!r})")
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r} (use {' or '.join(ENGINES)})")
+    if address is not None and engine != "ray":
+        raise InputError("--address names a Ray cluster: use it with --engine ray")
     n_images = len(list_images(release_dir, follow_links=False))  # empty, missing or linked: refused up front
     if write_release_manifest:
         from ..release.manifest import refuse_hidden
@@ -347,8 +356,11 @@ def audit_release(
         embedder=guard.index.embedder if guard else embedder, cache_dir=cache_dir or default_cache_dir(),
         progress=progress)
     checks = build_checks(policy=policy, guard=guard, progress=progress)
-    n_workers = auto_workers(n_images, workers)
-    if n_workers > 1:
+    n_workers = auto_workers(n_images, workers) if engine == "local" else workers
+    if engine == "ray":
+        progress.log(f"checking on Ray ({address or 'a local instance'}, "
+                     f"{workers or 'all'} worker{'s' if workers != 1 else ''})")
+    elif n_workers > 1:
         progress.log(f"checking in {n_workers} worker processes")
     factory = partial(plan_checks, policy, guard.index.path if guard else None,
                       guard.index.embedder if guard else embedder, guard.calibration if guard else None)
@@ -357,7 +369,8 @@ def audit_release(
     try:
         return _finish_audit(release_dir, out_dir, policy, guard, checks, release_checks, journal,
                              write_release_manifest=write_release_manifest, batch_size=batch_size,
-                             workers=n_workers, factory=factory, progress=progress)
+                             workers=n_workers, factory=factory, engine=engine, address=address,
+                             progress=progress)
     except GuardError:  # bad input found midway: leave --out as it was (an interrupt keeps the journal)
         journal.remove()
         for folder in (out_dir / "private", out_dir) if made_out else ():
@@ -375,11 +388,12 @@ def _journal_key(policy: Policy, checks: Sequence[Check], guard: Guard | None) -
 
 def _finish_audit(release_dir: Path, out_dir: Path, policy: Policy, guard: Guard | None, checks: Sequence[Check],
                   release_checks: dict[str, Any], journal: Journal, *, write_release_manifest: bool,
-                  batch_size: int, workers: int, factory: Callable[[], Sequence[Check]],
-                  progress: Progress) -> AuditResult:
+                  batch_size: int, workers: int, factory: Callable[[], Sequence[Check]], engine: str,
+                  address: str | None, progress: Progress) -> AuditResult:
     checked: dict[str, str] = {}
     results, private = check_images(checks, release_dir, policy, batch_size=batch_size, progress=progress,
-                                    checked=checked, workers=workers, factory=factory, journal=journal)
+                                    checked=checked, workers=workers, factory=factory, journal=journal,
+                                    engine=engine, address=address)
     report = Report(
         policy=policy.fingerprint(),
         embedder=guard.index.embedder.describe() if guard else {},

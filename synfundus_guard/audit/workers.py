@@ -64,34 +64,48 @@ _CHECKS: Sequence[Check] | None = None
 _EMPTY = np.zeros((0, 0, 3), np.float32)
 
 
-def _init_worker(factory: CheckFactory) -> None:
-    global _CHECKS
+def limit_threads() -> None:
+    """One thread per worker process (torch, OpenMP, OpenCV, FAISS): N workers use N cores."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+    import faiss
     import torch
 
     torch.set_num_threads(1)
-    try:
-        import cv2
-        import faiss
+    cv2.setNumThreads(1)
+    faiss.omp_set_num_threads(1)
 
-        cv2.setNumThreads(1)
-        faiss.omp_set_num_threads(1)
-    except ImportError:  # pragma: no cover - both are dependencies
-        pass
+
+def check_in_worker(checks: Sequence[Check], release_dir: Path, rels: Sequence[Path]) -> BatchResult:
+    """:func:`check_files`, returning what the parent needs: names, hashes and findings, not the pixels."""
+    return [(Candidate(c.file_name, _EMPTY, c.path), sha, f) for c, sha, f in check_files(checks, release_dir, rels)]
+
+
+def _init_worker(factory: CheckFactory) -> None:
+    global _CHECKS
+    limit_threads()
     _CHECKS = factory()
 
 
 def _check_in_worker(release_dir: Path, rels: Sequence[Path]) -> BatchResult:
     assert _CHECKS is not None, "worker not initialised"
-    out = check_files(_CHECKS, release_dir, rels)
-    # the decoded images stay here: the parent needs names, hashes and findings, not pixels
-    return [(Candidate(c.file_name, _EMPTY, c.path), sha, f) for c, sha, f in out]
+    return check_in_worker(_CHECKS, release_dir, rels)
+
+
+ENGINES = ("local", "ray")
 
 
 def map_batches(factory: CheckFactory, checks: Sequence[Check], release_dir: Path,
-                batches: Sequence[Sequence[Path]], *, workers: int) -> Iterator[BatchResult]:
+                batches: Sequence[Sequence[Path]], *, workers: int, engine: str = "local",
+                address: str | None = None) -> Iterator[BatchResult]:
     """Check ``batches`` of release files in order: in this process with ``checks`` when ``workers`` is 1, else
-    in ``workers`` processes that build their own checks with ``factory``."""
+    in ``workers`` processes that build their own checks with ``factory``; with ``engine="ray"``, on Ray actors
+    (:mod:`.ray_engine`; ``address``: a running cluster)."""
+    if engine == "ray":
+        from .ray_engine import map_batches_ray
+
+        yield from map_batches_ray(factory, release_dir, batches, workers=workers, address=address)
+        return
     if workers <= 1 or len(batches) <= 1:
         for rels in batches:
             yield check_files(checks, release_dir, rels)

@@ -28,6 +28,10 @@ def audit(
     manifest: bool = typer.Option(True, "--manifest/--no-manifest", help="Write manifest.json into the release."),
     workers: int = typer.Option(0, "--workers", min=0, max=1024, help="Processes that check images: 0 = one "
                                 "per core when the release has >= 64 images per core, 1 = this process."),
+    engine: str = typer.Option("local", "--engine", help="'local' (processes on this machine) or 'ray' (a Ray "
+                               "cluster; pip install 'synfundus-guard[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster's HOST:PORT "
+                                          "(default: start a local Ray instance)."),
 ) -> None:
     """Audit RELEASE: memorization (FAISS kNN + aligned pixel check) and identity checks under a policy.
 
@@ -41,7 +45,8 @@ def audit(
         result = audit_release(
             release_dir=release, out_dir=out, policy=pol, train_dir=train, holdout_dir=holdout, model_dir=model,
             embedder=embedder, index_dir=index, cache_dir=cache_dir, batch_size=batch_size,
-            write_release_manifest=manifest, workers=workers, progress=progress,
+            write_release_manifest=manifest, workers=workers, engine=engine, address=address,
+            progress=progress,
         )
     render_report(result.report, result.verdict, console=console)
     console.print(f"report: {result.report_path}  (private evidence: {result.report_path.parent / 'private'})")
