@@ -68,6 +68,7 @@ class Journal:
     """The journal of one audit configuration ``key`` under ``out_dir``."""
 
     def __init__(self, out_dir: Path, key: str):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)  # the report folder is public: the usual mode
         make_private_dir(Path(out_dir) / PRIVATE)
         self.path = journal_path(out_dir)
         fresh = not self.path.exists()

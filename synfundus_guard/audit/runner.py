@@ -262,17 +262,18 @@ def check_images(
     """
     rels = list_images(release_dir, follow_links=False)
     done: dict[str, tuple[str, list[Finding]]] = {}
-    todo = rels
-    if journal is not None:
-        old = journal.finished()
-        for rel in rels:
-            name = rel.as_posix()
-            if name in old and sha256_bytes(read_image_bytes(release_dir / rel)) == old[name][0]:
-                done[name] = (old[name][0], decode_findings(old[name][1]))
-        todo = [r for r in rels if r.as_posix() not in done]
-        if done:
-            progress.log(f"resuming: {len(done)} of {len(rels)} images were checked by an interrupted run of this "
-                         "audit; they are not checked again")
+    old = journal.finished() if journal is not None else {}
+    if old:
+        with progress.task("Re-reading journaled images", total=len(rels)) as t:
+            for rel in rels:
+                name = rel.as_posix()
+                if name in old and sha256_bytes(read_image_bytes(release_dir / rel)) == old[name][0]:
+                    done[name] = (old[name][0], decode_findings(old[name][1]))
+                t.advance(1)
+    if done:
+        progress.log(f"resuming: {len(done)} of {len(rels)} images were checked by an interrupted run of this "
+                     "audit; they are not checked again")
+    todo = [r for r in rels if r.as_posix() not in done]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     with progress.task("Checking release", total=len(todo)) as t:
         for out in map_batches(factory or (lambda: checks), checks, release_dir, batches,
