@@ -82,7 +82,7 @@ def _branches(e: Eye) -> list[tuple[np.ndarray, float, bool]]:
         w0 = 0.016 if artery else 0.021
         for base in (-0.5 * np.pi, 0.5 * np.pi):  # superior and inferior arcades, arching temporally
             h = base + side * rng.uniform(0.2, 0.5) * (-1 if base < 0 else 1) + (0 if artery else rng.normal(0, 0.1))
-            grow(d, (np.pi if e.right else 0.0) * 0 + h, w0, rng.uniform(0.6, 0.8), artery, 0)
+            grow(d, h, w0, rng.uniform(0.6, 0.8), artery, 0)
         for _ in range(2):  # nasal branches
             grow(d, (0.0 if e.right else np.pi) + rng.normal(0, 0.6), w0 * 0.6, rng.uniform(0.3, 0.5), artery, 2)
     return out
