@@ -129,6 +129,21 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
+def create_private_file(path: Path) -> None:
+    """Make a database's folder (0700 when created) and its file, 0600, before SQLite touches either.
+
+    Created here rather than by SQLite, which would use the umask's mode for the file and, after it, for its
+    journals. Raises OSError when the folder or file cannot be made.
+    """
+    make_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_uid == os.getuid():  # another user's shared cache keeps its mode: not ours to change
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def require_new_dir(out: Path) -> None:
     """Refuse an output folder that is not absent or empty, so nothing the user made is ever replaced.
 

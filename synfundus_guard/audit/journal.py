@@ -13,22 +13,21 @@ SQLite (stdlib) commits each batch atomically: a kill between commits loses at m
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from ..fsutil import make_private_dir
+from ..fsutil import create_private_file
+from ..release.report import PRIVATE_DIR
 from .base import Finding
 
 NAME = "journal.sqlite"
-PRIVATE = "private"
 
 
 def journal_path(out_dir: Path) -> Path:
-    return Path(out_dir) / PRIVATE / NAME
+    return Path(out_dir) / PRIVATE_DIR / NAME
 
 
 def holds_journal(out_dir: Path) -> bool:
@@ -69,12 +68,8 @@ class Journal:
 
     def __init__(self, out_dir: Path, key: str):
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # the report folder is public: the usual mode
-        make_private_dir(Path(out_dir) / PRIVATE)
         self.path = journal_path(out_dir)
-        fresh = not self.path.exists()
-        if fresh:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            os.close(fd)
+        create_private_file(self.path)  # private/ 0700 when made here, the file 0600 (and so SQLite's side files)
         self.db = sqlite3.connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")

@@ -11,7 +11,6 @@ before SQLite opens it (and an older, looser one is tightened), and SQLite gives
 from __future__ import annotations
 
 import io
-import os
 import sqlite3
 from pathlib import Path
 from typing import Iterable
@@ -19,7 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import InputError
-from ..fsutil import PRIVATE_FILE_MODE, make_private_dir
+from ..fsutil import create_private_file
 
 
 def _encode(arr: np.ndarray) -> bytes:
@@ -32,21 +31,6 @@ def _decode(blob: bytes) -> np.ndarray:
     return np.load(io.BytesIO(blob), allow_pickle=False)
 
 
-def _create_private_file(path: Path) -> None:
-    """Make the database's folder (0700 when created) and its file, 0600, before SQLite touches either.
-
-    Created here rather than by SQLite, which would use the umask's mode for the file and, after it, for its
-    journals. Raises OSError when the folder or file cannot be made.
-    """
-    make_private_dir(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
-    try:
-        if os.fstat(fd).st_uid == os.getuid():  # another user's shared cache keeps its mode: not ours to change
-            os.fchmod(fd, PRIVATE_FILE_MODE)
-    finally:
-        os.close(fd)
-
-
 class ArrayCache:
     """Cache of arrays; ``None`` path gives an in-memory cache (tests, one-off runs)."""
 
@@ -54,7 +38,7 @@ class ArrayCache:
         self.path = Path(path) if path is not None else None
         try:
             if self.path is not None:
-                _create_private_file(self.path)
+                create_private_file(self.path)
             self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", timeout=60)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS arrays (fp TEXT NOT NULL, sha TEXT NOT NULL, value BLOB NOT NULL,"
