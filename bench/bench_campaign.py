@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import table  # noqa: E402
 
-POLICY = ROOT / "policies" / "public.yaml"
+POLICY = "public"
 
 
 @dataclass
@@ -458,7 +458,8 @@ def _audit_data(work: Path) -> dict[str, Path]:
 def _report(work: Path) -> Path:
     from synfundus_guard.policies.evaluate import evaluate_release
     from synfundus_guard.policies.schema import load_policy
-    from synfundus_guard.release.report import Report, write_report
+    from synfundus_guard.results import Report
+    from synfundus_guard.release.report import write_report
 
     from synfundus_guard.audit.base import Finding
     from synfundus_guard.policies.evaluate import image_result

@@ -39,7 +39,7 @@ from synfundus_guard.data.split import write_split  # noqa: E402
 from synfundus_guard.fsutil import atomic_write_bytes  # noqa: E402
 from synfundus_guard.release.manifest import MANIFEST_NAME, METADATA_NAME, verify_release  # noqa: E402
 
-POLICY = ROOT / "policies" / "public.yaml"
+POLICY = "public"
 PUBLIC_NAMES = {MANIFEST_NAME, METADATA_NAME}
 
 

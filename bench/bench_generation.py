@@ -1,7 +1,7 @@
 """Guarded vs unguarded sampling wall time, and training speed with and without DP.
 
     .venv/bin/python bench/bench_generation.py [--model DIR] [--n 64] [--batch-size 16] [--steps 25]
-                                               [--policy policies/public.yaml] [--train-steps 30] [--threads N]
+                                               [--policy public] [--train-steps 30] [--threads N]
 
 1. Sampling: the same ``n`` images (same seeds) written as PNGs by a plain loop (unguarded), then through
    :func:`~synfundus_guard.generation.sampler.generate_release` (guarded: checks, quarantine, journal,
@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--policy", type=Path, default=ROOT / "policies" / "public.yaml")
+    ap.add_argument("--policy", default="public", help="policy file or shipped policy name")
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--skip-training", action="store_true")

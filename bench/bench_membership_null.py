@@ -32,9 +32,9 @@ from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E
 from synfundus_guard.embed.pixel import PixelEmbedder  # noqa: E402
 from synfundus_guard.policies import load_policy  # noqa: E402
 from synfundus_guard.policies.evaluate import evaluate_release  # noqa: E402
-from synfundus_guard.release.report import Report  # noqa: E402
+from synfundus_guard.results import Report  # noqa: E402
 
-PUBLIC = load_policy(ROOT / "policies" / "public.yaml")
+PUBLIC = load_policy("public")
 
 
 def features(render, seed: int, patients: int, visits: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@
    ``skimage.data.retina()`` is planted among the training images.
 2. The "synthetic" set: images of novel patients (negatives) and transformed copies of training images
    (positives), per transform family, plus transformed copies of the real photo.
-3. Thresholds come from holdout calibration under ``policies/public.yaml`` (nothing tuned here). The table
+3. Thresholds come from holdout calibration under the shipped ``public`` policy (nothing tuned here). The table
    shows recall and false-positive rate at that operating point, and the ROC-based recall at FPR <= 0.1 %.
 4. Search throughput: FAISS (flat, HNSW) against scikit-learn brute force and a numpy matmul baseline measured
    in the same run. 5. End-to-end ``audit_release`` images/s with a warm index.
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--search-queries", type=int, default=2_000)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    policy = load_policy(ROOT / "policies" / "public.yaml")
+    policy = load_policy("public")
     k = policy.memorization.k
     tmp = Path(tempfile.mkdtemp(prefix="bench-mem-"))
 

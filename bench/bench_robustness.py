@@ -4,7 +4,7 @@
 
 Training set: 60 phantom patients' visits (half; the other half is the holdout) plus real or natural images
 shipped with scikit-image (a fundus photo, and non-fundus images standing in for X-ray/skin/histology-like
-frames without a field-of-view disc). Each cell: Y/- flagged under policies/public.yaml thresholds, then the
+frames without a field-of-view disc). Each cell: Y/- flagged under the public policy's thresholds, then the
 aligned pixel score / embedding score of the transformed copy.
 """
 import sys

@@ -5,7 +5,7 @@ worker processes, index build rate, and a projection for a SynFundus-sized audit
                                           [--workers 1,2] [--quick]
 
 Data: phantom patients of seed 31 (training, one visit each), seed 32 (holdout) and seed 33 (the "release":
-novel patients), written as PNG files at ``--size`` px; policy ``policies/public.yaml`` (every per-image check).
+novel patients), written as PNG files at ``--size`` px; policy ``public`` (every per-image check).
 Stages are timed on the release files in batches of 16, each check alone in this process; the end-to-end rows
 run ``audit_release`` with a warm index (built and calibrated once before, so the rows time the checks) and
 ``--workers`` processes. The baseline is PIL decoding the same release files, measured in the same run.
@@ -32,7 +32,7 @@ from synfundus_guard.data.phantom import generate_phantom  # noqa: E402
 from synfundus_guard.data.images import list_images  # noqa: E402
 from synfundus_guard.policies import load_policy  # noqa: E402
 
-POLICY = ROOT / "policies" / "public.yaml"
+POLICY = "public"
 
 
 def decode_rate(folder: Path) -> float:

@@ -39,7 +39,6 @@ from synfundus_guard.data.fov import resize_image  # noqa: E402
 from synfundus_guard.data.perturb import random_copy  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.policies import load_policy  # noqa: E402
-from synfundus_guard.policies.shipped import shipped_policy_path  # noqa: E402
 
 from bench.common import table  # noqa: E402
 
@@ -69,7 +68,7 @@ def embedding_candidates(index, images: list[np.ndarray]) -> list[tuple[float, i
 
 def bench_index_path(args: argparse.Namespace) -> None:
     n, size, seed = args.index_patients, args.size, args.seed
-    quantile = load_policy(shipped_policy_path("public")).identity.vessels.quantile
+    quantile = load_policy("public").identity.vessels.quantile
     tmp = Path(tempfile.mkdtemp(prefix="bench-vessels-"))
     write_image_folder(tmp / "train", [(f"p{p:04d}.png", visit(seed, p, 0, size), f"P{p}-V0", f"P{p}")
                                        for p in range(n)])

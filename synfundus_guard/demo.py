@@ -22,8 +22,7 @@ from .data.phantom import PhantomPatient, generate_phantom, render_visit
 from .data.split import write_split
 from .errors import InputError
 from .fsutil import atomic_write_bytes
-from .policies.schema import load_policy
-from .policies.shipped import shipped_policy_path
+from .policies.schema import load_shipped_policy
 from .progress import NULL_PROGRESS, Progress
 
 
@@ -81,7 +80,7 @@ def run_demo(
         atomic_write_bytes(release / name, encode_png(images[i]))
         if i >= novel:
             planted.append(name)
-    result = audit_release(release_dir=release, out_dir=out_dir / "report", policy=load_policy(shipped_policy_path(policy)),
+    result = audit_release(release_dir=release, out_dir=out_dir / "report", policy=load_shipped_policy(policy),
                            train_dir=train, holdout_dir=holdout, cache_dir=out_dir / "cache", progress=progress)
     failed = {img.file_name for img in result.report.images if img.verdict == "fail"}
     return DemoResult(

@@ -13,7 +13,7 @@ from synfundus_guard.cli.main import app
 from tests.guard_data import make_dataset
 
 runner = CliRunner()
-POLICY = str(Path(__file__).resolve().parents[1] / "policies" / "public.yaml")
+POLICY = "public"
 SMALL_POLICY = str(Path(__file__).resolve().parent / "policies" / "public_without_membership.yaml")
 """public.yaml without membership inference: for releases too small for a membership test (they fail closed)."""
 

@@ -30,10 +30,12 @@ from synfundus_guard.generation.conditioning import Conditioning
 from synfundus_guard.generation.default import RECIPE_FILE, read_recipe, training_data_dir
 from synfundus_guard.generation.model import DEFAULT_MODEL_DIR, load_model
 from synfundus_guard.generation.train import CHECKPOINT
-from synfundus_guard.release.report import ImageResult, Report, write_report
+from synfundus_guard.results import ImageResult, Report
+from synfundus_guard.release.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = ROOT / "policies" / "public.yaml"
+PUBLIC = "public"
+"""The shipped public policy, by name."""
 HINT = " (run with --debug for the traceback)"
 
 

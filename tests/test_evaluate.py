@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +19,10 @@ from synfundus_guard.policies.evaluate import (
     reapply_image,
 )
 from synfundus_guard.policies.schema import Action, Bound, load_policy, parse_policy
-from synfundus_guard.release.report import ImageResult, Report
+from synfundus_guard.results import ImageResult, Report
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
-PUBLIC = load_policy(POLICIES / "public.yaml")
-INTERNAL = load_policy(POLICIES / "internal.yaml")
+PUBLIC = load_policy("public")
+INTERNAL = load_policy("internal")
 NO_FACES = parse_policy("name: no-faces\nidentity: {faces: {enabled: false}}\n")
 
 

@@ -26,7 +26,6 @@ from synfundus_guard.data.images import encode_png
 runner = CliRunner()
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
 
 
 def snapshot(*folders: Path) -> dict[str, bytes]:
@@ -154,9 +153,10 @@ def sealed(tmp_path_factory) -> Path:
 def report_file(tmp_path_factory) -> Path:
     from synfundus_guard.policies.evaluate import evaluate_release
     from synfundus_guard.policies.schema import load_policy
-    from synfundus_guard.release.report import Report, write_report
+    from synfundus_guard.results import Report
+    from synfundus_guard.release.report import write_report
 
-    policy = load_policy(POLICIES / "public.yaml")
+    policy = load_policy("public")
     report = Report(policy=policy.fingerprint(), embedder={"name": "pixel"}, images=[], verdict="pending")
     report.verdict = evaluate_release(report, policy).verdict
     return write_report(report, tmp_path_factory.mktemp("report"))
@@ -205,7 +205,7 @@ def test_gate_on_bad_reports(report_file: Path, tmp_path_factory, text: str) -> 
     bad = root / "report.json"
     bad.write_text(text)
     junit, sarif = root / "out" / "j.xml", root / "out" / "s.sarif"
-    res = invoke(["gate", bad, "--policy", POLICIES / "public.yaml", "--junit", junit, "--sarif", sarif])
+    res = invoke(["gate", bad, "--policy", "public", "--junit", junit, "--sarif", sarif])
     if res.exit_code == 2:
         assert not junit.exists() and not sarif.exists()  # all outputs or none
 

@@ -12,47 +12,17 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from synfundus_guard.audit.base import Finding, failed_closed
-from synfundus_guard.cli import gate as gate_cli
+from synfundus_guard.audit.base import Finding
 from synfundus_guard.cli.main import app
 from synfundus_guard.cli.render import render_report
-from synfundus_guard.policies.evaluate import IMAGE_CHECKS, evaluate_release, gate_report, image_result
-from synfundus_guard.policies.schema import load_policy
-from synfundus_guard.release.junit import to_junit, write_junit
-from synfundus_guard.release.report import Report, write_report
-from synfundus_guard.release.sarif import SARIF_SCHEMA, to_sarif, write_sarif
+from synfundus_guard.policies.evaluate import IMAGE_CHECKS, gate_report, image_result
+from synfundus_guard.formats.junit import to_junit
+from synfundus_guard.release.report import write_report
+from synfundus_guard.formats.sarif import SARIF_SCHEMA, SarifFormat, to_sarif
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
-PUBLIC = load_policy(POLICIES / "public.yaml")
-INTERNAL = load_policy(POLICIES / "internal.yaml")
+from tests.report_data import INTERNAL, PUBLIC, audited, image, membership
+
 SARIF_LEVELS = {"none", "note", "warning", "error"}
-
-
-def image(name: str, policy=PUBLIC, **statuses: str):
-    found = []
-    for check in IMAGE_CHECKS:
-        status = statuses.get(check, "pass")
-        if status == "error":
-            found.append(failed_closed(check, "OSError: cannot read"))
-        else:
-            found.append(Finding(check, status == "flag", ("score 0.97 > 0.90",) if status == "flag" else (),
-                                 {f"{check}.score": 0.97 if status == "flag" else 0.1}))
-    return image_result(name, found, policy)
-
-
-def audited(images, policy=PUBLIC, **release_checks) -> Report:
-    """A report as ``guard audit`` leaves it: image verdicts and the release verdict under ``policy``."""
-    report = Report(policy=policy.fingerprint(), embedder={"name": "pixel"}, images=images, verdict="pending",
-                    release_checks=dict(release_checks))
-    verdict = evaluate_release(report, policy)
-    report.verdict, report.violations = verdict.verdict, list(verdict.violations)
-    return report
-
-
-def membership(auc_upper: float, point: float = 0.5) -> dict:
-    return {"level": "patient", "attacks": {"loss": {"auc": {"point": point, "lower": 0.45, "upper": auc_upper},
-                                                     "tpr_at_1pct_fpr": {"point": 0.01, "lower": 0, "upper": 0.02},
-                                                     "n_members": 200, "n_nonmembers": 200}}}
 
 
 def gate(*args: str):
@@ -75,7 +45,7 @@ def test_gate_is_registered():
 
 def test_gate_fails_with_exit_1_and_writes_ci_files(faces_report, tmp_path):
     junit, sarif = tmp_path / "ci" / "junit.xml", tmp_path / "ci" / "results.sarif"
-    result = gate(faces_report, "--policy", POLICIES / "public.yaml", "--junit", junit, "--sarif", sarif)
+    result = gate(faces_report, "--policy", "public", "--junit", junit, "--sarif", sarif)
     assert result.exit_code == 1, result.output
     assert "violation: 1 of 50 images failed (2.00%; policy limit 0.00%)" in result.stdout
     assert "FAIL: 1 violation of policy 'public'" in result.stdout
@@ -87,7 +57,7 @@ def test_gate_fails_with_exit_1_and_writes_ci_files(faces_report, tmp_path):
 
 
 def test_gate_reapplies_another_policys_actions(faces_report):
-    result = gate(faces_report.parent, "--policy", POLICIES / "internal.yaml")  # the folder works too
+    result = gate(faces_report.parent, "--policy", "internal")  # the folder works too
     assert result.exit_code == 0, result.output
     assert "PASS: the release meets policy 'internal'" in result.stdout
     assert "note: the audit ran under policy 'public'" in result.stdout
@@ -95,7 +65,7 @@ def test_gate_reapplies_another_policys_actions(faces_report):
 
 def test_gate_passes_a_clean_report(tmp_path):
     path = write_report(audited([image("a.png"), image("b.png")], membership=membership(0.5)), tmp_path)
-    result = gate(path, "--policy", POLICIES / "public.yaml")
+    result = gate(path, "--policy", "public")
     assert result.exit_code == 0 and result.stderr == ""
     assert "PASS" in result.stdout and "membership-auc" in result.stdout
 
@@ -119,7 +89,7 @@ def test_bad_report_is_one_line_and_exit_2(tmp_path, content, message):
         write_report(report, tmp_path)
     elif content is not None:
         path.write_text(content, encoding="utf-8")
-    result = gate(path, "--policy", POLICIES / "public.yaml")
+    result = gate(path, "--policy", "public")
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [message.format(path=path)]
     assert result.stdout == "" and "Traceback" not in result.output
@@ -128,7 +98,7 @@ def test_bad_report_is_one_line_and_exit_2(tmp_path, content, message):
 def test_unwritable_ci_file_is_exit_2(faces_report, tmp_path):
     folder = tmp_path / "taken"
     folder.mkdir()
-    result = gate(faces_report, "--policy", POLICIES / "internal.yaml", "--junit", folder)
+    result = gate(faces_report, "--policy", "internal", "--junit", folder)
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
 
 
@@ -136,7 +106,7 @@ def test_deeply_nested_report_is_one_line_and_exit_2(tmp_path):
     path = tmp_path / "report.json"
     path.write_text('{"a":' * 200_000 + "1" + "}" * 200_000, encoding="utf-8")
     junit = tmp_path / "ci" / "junit.xml"
-    result = gate(path, "--policy", POLICIES / "public.yaml", "--junit", junit)
+    result = gate(path, "--policy", "public", "--junit", junit)
     assert result.exit_code == 2 and result.stdout == "" and "Traceback" not in result.output
     assert result.stderr.splitlines() == [f"error: {path}: JSON nested deeper than 64 levels"]
     assert not (tmp_path / "ci").exists()
@@ -149,7 +119,7 @@ def test_failed_sarif_write_removes_the_junit_this_run_wrote(faces_report, tmp_p
     blocked = ci / "results.sarif"
     blocked.mkdir()  # SARIF cannot be written: a folder holds its name
     junit = ci / "new" / "junit.xml"
-    result = gate(faces_report, "--policy", POLICIES / "public.yaml", "--junit", junit, "--sarif", blocked)
+    result = gate(faces_report, "--policy", "public", "--junit", junit, "--sarif", blocked)
     assert result.exit_code == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: ")
     assert sorted(p.name for p in ci.iterdir()) == ["notes.txt", "results.sarif"], "junit and its folder are removed"
@@ -160,9 +130,9 @@ def test_every_ci_file_is_rendered_before_any_is_written(faces_report, tmp_path,
     def broken(*_args):
         raise ValueError("cannot render")
 
-    monkeypatch.setattr(gate_cli, "to_sarif", broken)
+    monkeypatch.setattr(SarifFormat, "render", broken)
     junit, sarif = tmp_path / "junit.xml", tmp_path / "results.sarif"
-    result = gate(faces_report, "--policy", POLICIES / "public.yaml", "--junit", junit, "--sarif", sarif)
+    result = gate(faces_report, "--policy", "public", "--junit", junit, "--sarif", sarif)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == ["error: internal error: ValueError: cannot render "
                                           "(run with --debug for the traceback)"]
@@ -171,7 +141,7 @@ def test_every_ci_file_is_rendered_before_any_is_written(faces_report, tmp_path,
 
 def test_same_path_for_junit_and_sarif_is_a_usage_error(faces_report, tmp_path):
     out = tmp_path / "ci.out"
-    result = gate(faces_report, "--policy", POLICIES / "public.yaml", "--junit", out, "--sarif", out)
+    result = gate(faces_report, "--policy", "public", "--junit", out, "--sarif", out)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [f"error: --junit and --sarif name the same file: {out}"]
     assert not out.exists()
@@ -214,7 +184,8 @@ def test_junit_lists_required_checks_not_run_as_failures(tmp_path):
     images = [image_result("a.png", [Finding("memorization", False)], PUBLIC)]
     report, verdict = gate_report(audited(images, membership=membership(0.5)), PUBLIC)
     assert verdict.verdict == "fail"
-    path = write_junit(tmp_path / "j.xml", report, verdict)
+    path = tmp_path / "j.xml"
+    path.write_text(to_junit(report, verdict))
     cases = ET.parse(path).getroot().iter("testcase")
     failed = {c.get("name") for c in cases if c.get("classname") == "checks" and c.find("failure") is not None}
     assert failed == {"vessels", "text", "faces", "metadata"}
@@ -227,7 +198,8 @@ def test_sarif_structure_rules_and_results(tmp_path):
     images = [image("ok.png"), image("dir/near copy.png", memorization="flag", vessels="flag"),
               image("face.png", INTERNAL, faces="flag"), image("broken.png", faces="error")]
     report, verdict = gate_report(audited(images, membership=membership(0.9, point=0.8)), INTERNAL)
-    path = write_sarif(tmp_path / "r.sarif", report, verdict)
+    path = tmp_path / "r.sarif"
+    path.write_text(json.dumps(to_sarif(report, verdict)))
     log = json.loads(path.read_text())
     assert log["$schema"] == SARIF_SCHEMA and log["version"] == "2.1.0" and len(log["runs"]) == 1
     run = log["runs"][0]
@@ -300,6 +272,6 @@ def test_a_report_whose_images_were_removed_is_refused(tmp_path, images):
     doc = json.loads(path.read_text())
     doc["images"] = images
     path.write_text(json.dumps(doc))
-    res = gate(path, "--policy", POLICIES / "public.yaml")
+    res = gate(path, "--policy", "public")
     assert res.exit_code == 2, res.output
     assert "malformed report" in res.output and "Traceback" not in res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import struct
@@ -199,8 +200,19 @@ def test_guarded_release_routes_passing_and_failing(model_dir: Path, median_thre
     out, quarantine = tmp_path / "release", tmp_path / "quarantine"
     model = load_model(model_dir)
     res = generate_release(model_dir=model_dir, n=5, out_dir=out, quarantine_dir=quarantine,
-                           checks=[BrightnessCheck(median_threshold)], policy=LENIENT, seed=1, batch_size=4, steps=3)
+                           checks=[BrightnessCheck(median_threshold)], policy=LENIENT, seed=1, batch_size=4, steps=3,
+                           report_dir=tmp_path / "report")
     assert res.status is GenerateStatus.COMPLETE and res.accepted == 5 and res.rejected >= 1
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verdict"] == "pass" and report["release"]["kind"] == "guarded generation"
+    verdicts = sorted(img["verdict"] for img in report["images"])
+    assert verdicts == ["fail"] * res.rejected + ["pass"] * 5
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count('alt="pixelated: withheld image"') == res.rejected and "brightness" in page
+    assert "train/p00001_v0.png" not in page + json.dumps(report), "evidence stays private"
+    private = tmp_path / "report" / "private"
+    assert "train/p00001_v0.png" in (private / "evidence.json").read_text()
+    assert (private / "report.html").stat().st_mode & 0o777 == 0o600
     assert verify_release(out).ok
     manifest = read_manifest(out)
     assert manifest["fingerprints"]["model"]["fingerprint"] == model.fingerprint
@@ -220,7 +232,7 @@ def test_guarded_release_routes_passing_and_failing(model_dir: Path, median_thre
     assert all((quarantine / r["file_name"]).is_file() and not (out / r["file_name"]).exists() for r in rows)
     assert "closest" not in json.dumps(manifest), "private evidence stays in the quarantine"
 
-    again = generate_release(model_dir=model_dir, n=5, out_dir=tmp_path / "again", checks=[BrightnessCheck(
+    generate_release(model_dir=model_dir, n=5, out_dir=tmp_path / "again", checks=[BrightnessCheck(
         median_threshold)], policy=LENIENT, seed=1, batch_size=4, steps=3)
     assert read_manifest(tmp_path / "again")["root_sha256"] == manifest["root_sha256"], "same seed, same release"
     assert default_quarantine_dir(tmp_path / "again").is_dir()
@@ -287,8 +299,12 @@ def test_rejection_rate_stops_without_a_release(model_dir: Path, tmp_path: Path)
     strict = Policy(name="strict", identity=MEMO_ONLY,
                     generation=GenerationPolicy(max_rejection_rate=0.5, min_samples_before_stop=4))
     res = generate_release(model_dir=model_dir, n=50, out_dir=tmp_path / "r", checks=[BrightnessCheck(-1.0)],
-                           policy=strict, seed=0, batch_size=4, steps=2)
+                           policy=strict, seed=0, batch_size=4, steps=2, report_dir=tmp_path / "report")
     assert res.status is GenerateStatus.REJECTION_RATE_EXCEEDED and not res.status.passed
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verdict"] == "fail" and report["violations"] == [res.message]
+    page = html.unescape((tmp_path / "report" / "report.html").read_text())
+    assert "Release FAILS policy 'strict': 4 of 4 images withheld" in page
     assert (res.accepted, res.rejected, res.drawn) == (0, 4, 4) and res.rejection_rate == 1.0
     assert res.manifest is None and not (tmp_path / "r" / "manifest.json").exists()
     assert res.reasons == {"memorization": 4} and "rejection rate exceeded" in res.message

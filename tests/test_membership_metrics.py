@@ -14,9 +14,9 @@ from synfundus_guard.audit.membership.evaluation import (evaluate_attack, group_
 from synfundus_guard.audit.membership.metrics import (METRICS, auc, balanced_accuracy, interval, point_metrics,
                                                       roc_curve, roc_series, tpr_at_fpr)
 from synfundus_guard.errors import CheckError
-from synfundus_guard.policies.evaluate import Status, evaluate_release
+from synfundus_guard.policies.evaluate import evaluate_release
 from synfundus_guard.policies.schema import parse_policy
-from synfundus_guard.release.report import Report
+from synfundus_guard.results import Report, Status
 
 
 def random_scores(rng: np.random.Generator, ties: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -26,12 +26,11 @@ from synfundus_guard.generation.train import train_model
 from synfundus_guard.policies.evaluate import evaluate_release
 from synfundus_guard.policies.schema import load_policy, parse_policy
 from synfundus_guard.progress import Progress
-from synfundus_guard.release.report import Report
+from synfundus_guard.results import Report
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
-PUBLIC = load_policy(POLICIES / "public.yaml")
+PUBLIC = load_policy("public")
 FAST = WhiteBoxOptions(attacks=(WhiteBoxAttack.LOSS, WhiteBoxAttack.PIA))
 
 
@@ -87,7 +86,7 @@ def test_a_holdout_sharing_patients_is_refused_with_the_count(data, tmp_path):
         membership_sets(train_dir=data["train"], holdout_dir=holdout)
     result = CliRunner().invoke(app, ["audit", "--release", str(data["release"]), "--model", str(data["model"]),
                                       "--train", str(data["train"]), "--holdout", str(holdout), "--policy",
-                                      str(POLICIES / "public.yaml"), "--out", str(tmp_path / "out"),
+                                      "public", "--out", str(tmp_path / "out"),
                                       "--cache-dir", str(tmp_path / "cache"), "--no-manifest"])
     assert result.exit_code == 2
     assert "2 patient(s)" in result.output and "Traceback" not in result.output
@@ -174,7 +173,7 @@ def test_release_level_checks_carry_dp_facts_and_fail_closed(data, tmp_path):
 def test_guard_audit_runs_membership_and_reports_no_identities(data, tmp_path):
     result = CliRunner().invoke(app, ["audit", "--release", str(data["release"]), "--model", str(data["model"]),
                                       "--train", str(data["train"]), "--holdout", str(data["holdout"]), "--policy",
-                                      str(POLICIES / "internal.yaml"), "--out", str(tmp_path / "out"),
+                                      "internal", "--out", str(tmp_path / "out"),
                                       "--cache-dir", str(tmp_path / "cache"), "--no-manifest"])
     assert result.exit_code in (0, 1), result.output
     text = (tmp_path / "out" / "report.json").read_text()

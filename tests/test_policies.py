@@ -10,11 +10,15 @@ from typer.testing import CliRunner
 
 from synfundus_guard.cli.main import app
 from synfundus_guard.errors import PolicyError
-from synfundus_guard.policies.schema import MAX_POLICY_BYTES, Action, Bound, load_policy, parse_policy
-from synfundus_guard.policies.shipped import shipped_policy_path
-from synfundus_guard.release.report import ImageResult, Report, write_report
+from synfundus_guard.policies.schema import (MAX_POLICY_BYTES, Action, Bound, load_policy, load_shipped_policy,
+                                             parse_policy)
+from synfundus_guard.policies import shipped
+from synfundus_guard.policies.shipped import shipped_policy_names, shipped_policy_text
+from synfundus_guard.results import ImageResult, Report
+from synfundus_guard.release.report import write_report
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+SHIPPED_DATA = Path(shipped.__file__).resolve().parent / "data"
+"""Where the shipped policies sit in a checkout (an installed wheel is tested in test_wheel_policies.py)."""
 
 BROKEN = """\
 name: broken
@@ -52,22 +56,22 @@ BROKEN_PROBLEMS = {
 
 
 def test_shipped_public_policy_is_strict():
-    policy = load_policy(POLICIES / "public.yaml")
+    policy = load_policy("public")
     assert policy.name == "public"
     assert policy.max_failed_fraction == 0.0
     assert policy.membership.bound is Bound.POINT  # with the power rule: see policies/evaluate.py
     assert policy.membership.max_tpr_at_1pct_fpr == 0.05
     assert all(getattr(policy.identity, n).action is Action.BLOCK for n in ("vessels", "text", "faces", "metadata"))
-    assert len(policy.sha256) == 64 and policy.source.endswith("public.yaml")
+    assert len(policy.sha256) == 64 and policy.source == "shipped:public"
 
 
 def test_shipped_internal_policy_warns_on_faces():
-    policy = load_policy(POLICIES / "internal.yaml")
+    policy = load_policy("internal")
     assert policy.name == "internal"
     assert policy.identity.faces.action is Action.WARN
     assert policy.membership.bound is Bound.POINT
     assert policy.membership.max_auc == 0.75 and policy.max_failed_fraction == 0.01
-    assert policy.sha256 != load_policy(POLICIES / "public.yaml").sha256
+    assert policy.sha256 != load_policy("public").sha256
 
 
 def test_every_problem_is_listed():
@@ -218,13 +222,47 @@ def test_gate_with_alias_bomb_policy_exits_2_fast(tmp_path):
     assert not junit.exists()
 
 
-@pytest.mark.parametrize("name", ["../policies/public", "public/../../x", "", "a" * 100, "public.yaml"])
+# --- shipped policies by name ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../policies/public", "public/../../x", "", "a" * 100, "public.yaml", "data/public"])
 def test_shipped_policy_names_cannot_reach_outside(name):
-    with pytest.raises(PolicyError, match="not a shipped policy name"):
-        shipped_policy_path(name)
+    with pytest.raises(PolicyError, match=r"not a shipped policy name \(shipped: internal, public\)"):
+        shipped_policy_text(name)
 
 
-def test_shipped_policy_names_resolve():
-    assert shipped_policy_path("public") == POLICIES / "public.yaml"
-    with pytest.raises(PolicyError, match="available: internal, public"):
-        shipped_policy_path("secret")
+def test_shipped_policy_names_resolve(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shipped_policy_names() == ("internal", "public")
+    with pytest.raises(PolicyError) as info:
+        load_policy("secret")
+    assert info.value.problems == ["no such file, and no shipped policy of that name (shipped: internal, public)"]
+    by_path = load_policy(SHIPPED_DATA / "public.yaml")  # the same bytes by name and by path: the same policy
+    assert by_path.sha256 == load_policy("public").sha256 and by_path.source == str(SHIPPED_DATA / "public.yaml")
+
+
+def test_a_file_named_like_a_shipped_policy_wins_over_the_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "public").write_text("name: mine\n", encoding="utf-8")
+    assert load_policy("public").name == "mine" and load_policy("public").source == "public"
+    assert load_shipped_policy("public").name == "public"  # library code that means the shipped one says so
+    (tmp_path / "internal").mkdir()  # a folder is not a policy file: the name still means the shipped one
+    assert load_policy("internal").source == "shipped:internal"
+
+
+def test_missing_policy_path_points_at_the_shipped_name(tmp_path):
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path / "policies" / "public.yaml")  # the repository-root path of old releases
+    assert info.value.problems == ["file not found (the shipped policy is loaded by its name: public)"]
+
+
+def test_gate_takes_a_shipped_policy_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = str(_report_dir(tmp_path))
+    judged = CliRunner().invoke(app, ["gate", report, "--policy", "public"])
+    assert judged.exit_code == 1  # judged (this bare report ran no identity checks), not refused as input
+    assert load_policy("public").sha256[:12] in judged.stdout
+    result = CliRunner().invoke(app, ["gate", report, "--policy", "secret"])
+    assert result.exit_code == 2 and result.stdout == ""
+    problem = "no such file, and no shipped policy of that name (shipped: internal, public)"
+    assert result.stderr.splitlines() == ["error: invalid policy secret:", f"  - {problem}"]

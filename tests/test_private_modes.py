@@ -19,7 +19,8 @@ from synfundus_guard.embed.cache import ArrayCache
 from synfundus_guard.fsutil import make_private_dir
 from synfundus_guard.generation.card import CARD_FILE, DataSplit, TrainingCard, read_card, write_card
 from synfundus_guard.release.manifest import MANIFEST_NAME, METADATA_NAME
-from synfundus_guard.release.report import PRIVATE_DIR, Report, write_report
+from synfundus_guard.results import PRIVATE_DIR, Report
+from synfundus_guard.release.report import write_report
 from synfundus_guard.release.writer import REASONS_NAME, ReleaseWriter
 
 CONFIG = {"model": "tiny", "seed": 1, "n": 2}

@@ -15,7 +15,6 @@ from synfundus_guard.data.folder import write_image_folder
 from synfundus_guard.data.perturb import random_copy
 from synfundus_guard.data.phantom import PhantomPatient, render_visit
 from synfundus_guard.policies import load_policy
-from synfundus_guard.policies.shipped import shipped_policy_path
 
 SEED, SIZE = 5, 256
 
@@ -33,7 +32,7 @@ def guard(tmp_path_factory):
 
 
 def test_another_visit_of_a_training_patient_is_flagged_and_new_patients_are_not(guard):
-    policy = load_policy(shipped_policy_path("public"))
+    policy = load_policy("public")
     check = next(c for c in build_checks(policy=policy, guard=guard) if isinstance(c, VesselCheck))
     revisits = [render_visit(PhantomPatient.from_seed(SEED, p), visit=2, size=SIZE, seed=SEED)[0] for p in range(4)]
     novel = [render_visit(PhantomPatient.from_seed(SEED + 9, p), visit=0, size=SIZE, seed=SEED + 9)[0] for p in range(4)]

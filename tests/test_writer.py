@@ -305,8 +305,8 @@ def test_crash_at_every_durable_step(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert _without_manifest(snapshot(release)) == reference[0] and snapshot(quarantine) == reference[1]
 
 
-FINALIZE_STEPS = 7
-"""fsync + rename calls in finalize (metadata, manifest each with a folder fsync, folder)."""
+FINALIZE_STEPS = 10
+"""fsync + rename calls in finalize (metadata, manifest each with a folder fsync, folder; croissant.json)."""
 
 
 @pytest.mark.parametrize("crash_at", range(1, FINALIZE_STEPS + 2))

@@ -13,41 +13,11 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
+from ..results import Candidate, Finding
 
-
-@dataclass(frozen=True)
-class Candidate:
-    """One image under test: a synthetic sample in the sampler, or a release file in an audit."""
-
-    file_name: str
-    """Release-relative name (public)."""
-    image: np.ndarray
-    """float32 RGB array (H, W, 3) in [0, 1]."""
-    path: Path | None = None
-    """The file on disk when there is one (the metadata check re-reads it)."""
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What one check concluded about one image."""
-
-    check: str
-    """Name of the check that produced it."""
-    flagged: bool
-    """True when the check found a (possible) leak, or could not run."""
-    reasons: tuple[str, ...] = ()
-    """One line per problem, public: never names a training image or patient."""
-    scores: dict[str, float] = field(default_factory=dict)
-    """Numeric evidence (public), e.g. ``{"memorization.embedding_sim": 0.93}``."""
-    private: dict[str, Any] = field(default_factory=dict)
-    """Evidence that may name training images (closest pairs); written only to the private report."""
-    error: str | None = None
-    """Set when the check failed to run; the image then fails closed."""
+__all__ = ["Candidate", "Check", "Finding", "failed_closed", "run_checks"]
 
 
 class Check(abc.ABC):

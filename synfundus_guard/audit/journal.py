@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..fsutil import create_private_file
-from ..release.report import PRIVATE_DIR
+from ..results import PRIVATE_DIR
 from .base import Finding
 
 NAME = "journal.sqlite"

@@ -22,14 +22,16 @@ from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
 from ..embed.registry import DEFAULT_SPEC, embedder_from_spec
 from ..errors import GuardError, IndexMismatchError, InputError
+from ..formats import OutputFormat, ReportView, render_files, write_files
 from ..fsutil import sha256_bytes
 from ..index.calibrate import Calibration, calibrate
 from ..index.store import (INDEX_VERSION, GuardIndex, build_index, dataset_fingerprint, hash_records,
                            identity_fingerprint, is_index_folder, load_index)
-from ..policies.evaluate import ReleaseVerdict, evaluate_release, image_result
+from ..policies.evaluate import evaluate_release, image_result
 from ..policies.schema import Policy
 from ..progress import NULL_PROGRESS, Progress
-from ..release.report import ImageResult, Report, write_report
+from ..release.report import check_report_folder, write_report
+from ..results import ImageResult, ReleaseVerdict, Report, summarize
 from .base import Check, Finding
 from .journal import Journal, decode_findings, holds_journal
 from .memorization import MemorizationCheck
@@ -211,22 +213,7 @@ def _check_paths(release_dir: Path, out_dir: Path) -> None:
     rel, out = Path(release_dir).resolve(), Path(out_dir).resolve()
     if out == rel or rel in out.parents:
         raise InputError(f"--out {out_dir} is inside the release: private evidence must never enter a release")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out_dir} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (_is_report_folder(out) or holds_journal(out)):
-        raise InputError(f"--out {out_dir} is not empty and holds no guard report; use a new or empty folder "
-                         "(an audit never overwrites files it did not write)")
-
-
-def _is_report_folder(folder: Path) -> bool:
-    """True when ``folder`` holds a report an audit wrote (its ``report.json`` has the report schema)."""
-    from ..release.report import SCHEMA
-    from ..safeload import read_json
-
-    try:
-        return read_json(folder / "report.json", expect=dict).get("schema") == SCHEMA
-    except (OSError, InputError):
-        return False
+    check_report_folder(out_dir, option="--out", accept=holds_journal)
 
 
 def plan_checks(policy: Policy, index_dir: Path | None, embedder: str | Embedder,
@@ -296,18 +283,6 @@ def check_images(
     return results, private
 
 
-def summarize(results: Sequence[ImageResult]) -> dict[str, Any]:
-    """Counts of passed/failed images and flags per check."""
-    by_check: dict[str, int] = {}
-    for r in results:
-        for name, status in r.checks.items():
-            if status != "pass":
-                by_check[name] = by_check.get(name, 0) + 1
-    n_fail = sum(r.verdict == "fail" for r in results)
-    return {"n_images": len(results), "n_pass": len(results) - n_fail, "n_fail": n_fail,
-            "n_warned": sum(bool(r.warnings) for r in results), "flags_by_check": by_check}
-
-
 def audit_release(
     *,
     release_dir: Path,
@@ -324,12 +299,14 @@ def audit_release(
     workers: int = 0,
     engine: str = "local",
     address: str | None = None,
+    formats: Sequence[str] = (),
     progress: Progress = NULL_PROGRESS,
 ) -> AuditResult:
     """Audit ``release_dir`` under ``policy``; writes the report to ``out_dir``. See the module docstring.
 
     ``workers``: processes that check images (0: one per core, when the release is large enough to gain;
-    :func:`.workers.auto_workers`); 1 checks in this process."""
+    :func:`.workers.auto_workers`); 1 checks in this process. ``formats``: report formats written beside
+    ``report.json`` (:data:`~synfundus_guard.formats.OutputFormat` names) on top of :data:`AUDIT_FORMATS`."""
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     _check_paths(release_dir, out_dir)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -338,6 +315,7 @@ def audit_release(
         raise InputError(f"unknown engine {engine!r} (use {' or '.join(ENGINES)})")
     if address is not None and engine != "ray":
         raise InputError("--address names a Ray cluster: use it with --engine ray")
+    formats = _formats(formats)
     n_images = len(list_images(release_dir, follow_links=False))  # empty, missing or linked: refused up front
     if write_release_manifest:
         from ..release.manifest import refuse_hidden
@@ -371,7 +349,7 @@ def audit_release(
         return _finish_audit(release_dir, out_dir, policy, guard, checks, release_checks, journal,
                              write_release_manifest=write_release_manifest, batch_size=batch_size,
                              workers=n_workers, factory=factory, engine=engine, address=address,
-                             progress=progress)
+                             train_dir=train_dir, formats=formats, progress=progress)
     except GuardError:  # bad input found midway: leave --out as it was (an interrupt keeps the journal)
         journal.remove()
         for folder in (out_dir / "private", out_dir) if made_out else ():
@@ -390,7 +368,8 @@ def _journal_key(policy: Policy, checks: Sequence[Check], guard: Guard | None) -
 def _finish_audit(release_dir: Path, out_dir: Path, policy: Policy, guard: Guard | None, checks: Sequence[Check],
                   release_checks: dict[str, Any], journal: Journal, *, write_release_manifest: bool,
                   batch_size: int, workers: int, factory: Callable[[], Sequence[Check]], engine: str,
-                  address: str | None, progress: Progress) -> AuditResult:
+                  address: str | None, train_dir: Path | None, formats: Sequence[str],
+                  progress: Progress) -> AuditResult:
     checked: dict[str, str] = {}
     results, private = check_images(checks, release_dir, policy, batch_size=batch_size, progress=progress,
                                     checked=checked, workers=workers, factory=factory, journal=journal,
@@ -415,13 +394,30 @@ def _finish_audit(release_dir: Path, out_dir: Path, policy: Policy, guard: Guard
     manifest = _release_manifest(release_dir, results, policy, report, progress) if write_release_manifest else None
     if manifest is not None:
         _check_unchanged(manifest, checked)
+    progress.log("rendering the report pages")
+    view = ReportView(report, verdict, release_dir=release_dir, evidence={"images": private}, train_dir=train_dir)
+    pages = render_files(view, list(formats), private=True)  # rendered before anything is written
     path = write_report(report, out_dir, private={"images": private})
+    write_files(out_dir, pages)
     journal.remove()  # the report holds every result now
     if manifest is not None:
         from ..release.manifest import save_manifest
 
         save_manifest(release_dir, manifest)
     return AuditResult(report=report, verdict=verdict, report_path=path)
+
+
+AUDIT_FORMATS = ("html",)
+"""Formats every audit writes beside ``report.json``: the public and private HTML pages."""
+
+
+def _formats(extra: Sequence[str]) -> tuple[str, ...]:
+    """The formats an audit writes besides ``report.json`` (which it always writes); unknown names refused."""
+    names = [getattr(f, "value", f) for f in extra]
+    unknown = sorted(set(names) - {f.value for f in OutputFormat})
+    if unknown:
+        raise InputError(f"unknown report format {unknown[0]!r} (use {', '.join(f.value for f in OutputFormat)})")
+    return tuple(dict.fromkeys([*AUDIT_FORMATS, *(n for n in names if n != "json")]))
 
 
 def _check_unchanged(manifest: dict[str, Any], checked: dict[str, str]) -> None:

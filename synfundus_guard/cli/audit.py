@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..formats import OutputFormat
 from ..policies.schema import load_policy
 from .errors import EXIT_FAIL, EXIT_PASS, guarded
 from .progress import RichProgressObserver, console
@@ -15,7 +16,7 @@ from .progress import RichProgressObserver, console
 @guarded
 def audit(
     release: Path = typer.Option(..., "--release", help="Folder of synthetic images to audit."),
-    policy: Path = typer.Option(..., "--policy", help="Policy file, e.g. policies/public.yaml."),
+    policy: Path = typer.Option(..., "--policy", help="Policy file, or a shipped policy by name: public, internal."),
     out: Path = typer.Option(..., "--out", help="Report folder: report.json (public) and private/ (evidence)."),
     train: Optional[Path] = typer.Option(None, "--train", help="Private training images (with labels.csv)."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Holdout images of other patients."),
@@ -32,6 +33,9 @@ def audit(
                                "cluster; pip install 'synfundus-guard[ray]')."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster's HOST:PORT "
                                           "(default: start a local Ray instance)."),
+    formats: Optional[list[OutputFormat]] = typer.Option(None, "--format", "-f", help="Also write this report "
+                                                         "format into --out (repeatable); report.json and the HTML "
+                                                         "pages are always written."),
 ) -> None:
     """Audit RELEASE: memorization (FAISS kNN + aligned pixel check) and identity checks under a policy.
 
@@ -46,10 +50,12 @@ def audit(
             release_dir=release, out_dir=out, policy=pol, train_dir=train, holdout_dir=holdout, model_dir=model,
             embedder=embedder, index_dir=index, cache_dir=cache_dir, batch_size=batch_size,
             write_release_manifest=manifest, workers=workers, engine=engine, address=address,
-            progress=progress,
+            formats=[f.value for f in formats or []], progress=progress,
         )
     render_report(result.report, result.verdict, console=console)
-    console.print(f"report: {result.report_path}  (private evidence: {result.report_path.parent / 'private'})")
+    folder = result.report_path.parent
+    console.print(f"report: {result.report_path}  page: {folder / 'report.html'}  (private evidence and page: "
+                  f"{folder / 'private'})", highlight=False)
     raise typer.Exit(EXIT_PASS if result.verdict.verdict == "pass" else EXIT_FAIL)
 
 

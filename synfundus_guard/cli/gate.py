@@ -10,32 +10,35 @@ write fails the files this run already wrote are removed, so CI never reads a JU
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..formats import OutputFormat, ReportView, get_format
 from ..fsutil import atomic_write_bytes
-from ..policies.evaluate import ReleaseVerdict, gate_report
+from ..policies.evaluate import gate_report
 from ..policies.schema import load_policy
-from ..release.junit import to_junit
-from ..release.report import Report, read_report
-from ..release.sarif import to_sarif
+from ..release.report import read_report
 from .errors import EXIT_FAIL, EXIT_PASS, fail_usage, guarded
 from .render import render_report
 
 
-def render_outputs(report: Report, verdict: ReleaseVerdict, *, junit: Path | None,
-                   sarif: Path | None) -> dict[Path, bytes]:
-    """The bytes of every CI file asked for, keyed by path (nothing is written here)."""
-    outputs: dict[Path, bytes] = {}
-    if junit is not None:
-        outputs[junit] = to_junit(report, verdict).encode("utf-8")
-    if sarif is not None:
-        text = json.dumps(to_sarif(report, verdict), indent=2, sort_keys=True, allow_nan=False) + "\n"
-        outputs[sarif] = text.encode("utf-8")
-    return outputs
+def render_outputs(view: ReportView, *, named: dict[str, Path | None], formats: list[OutputFormat],
+                   out: Path | None) -> dict[Path, bytes]:
+    """The bytes of every file asked for, keyed by path (nothing is written here).
+
+    ``named``: format name -> explicit path (``--junit``, ``--sarif``, ``--html``); ``formats`` go to
+    ``out/<the format's file name>``.
+    """
+    targets = [(f"--{name}", name, Path(path)) for name, path in named.items() if path is not None]
+    targets += [(f"--format {fmt.value}", fmt.value, Path(out) / get_format(fmt).file_name)
+                for fmt in dict.fromkeys(formats) if out is not None]
+    seen: dict[Path, str] = {}
+    for label, _, path in targets:
+        if (earlier := seen.setdefault(path.absolute(), label)) != label:
+            raise fail_usage(f"{earlier} and {label} name the same file: {path}")
+    return {path: get_format(name).render(view) for _, name, path in targets}
 
 
 def _missing_folders(paths: list[Path]) -> list[Path]:
@@ -66,16 +69,27 @@ def write_outputs(outputs: dict[Path, bytes]) -> None:
 @guarded
 def gate(
     report: Annotated[Path, typer.Argument(metavar="REPORT", help="report.json, or the folder that holds it.")],
-    policy: Annotated[Path, typer.Option("--policy", "-p", help="Policy YAML to judge the report under.")],
+    policy: Annotated[Path, typer.Option("--policy", "-p", help="Policy file, or a shipped policy by name (public, internal), to judge the report under.")],
     junit: Annotated[Path | None, typer.Option("--junit", help="Also write JUnit XML here.")] = None,
     sarif: Annotated[Path | None, typer.Option("--sarif", help="Also write SARIF 2.1.0 here.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write the public HTML report here.")] = None,
+    formats: Annotated[list[OutputFormat] | None, typer.Option(
+        "--format", "-f", help="Also write this format to --out as report.<ext> (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the --format files.")] = None,
+    release: Annotated[Path | None, typer.Option("--release", help="The audited release folder: the HTML "
+                                                 "report then shows thumbnails of flagged images.")] = None,
 ) -> None:
     """Re-apply a policy to an audit report; exit 0 pass, 1 policy failed, 2 bad input."""
-    if junit is not None and sarif is not None and junit.resolve() == sarif.resolve():
-        raise fail_usage(f"--junit and --sarif name the same file: {junit}")
+    if formats and out is None:
+        raise fail_usage("--format writes into a folder: give --out DIR")
     loaded_policy = load_policy(policy)
     gated, verdict = gate_report(read_report(report), loaded_policy)
-    write_outputs(render_outputs(gated, verdict, junit=junit, sarif=sarif))
+    if release is not None and not release.is_dir():
+        raise fail_usage(f"--release {release} is not a folder")
+    view = ReportView(gated, verdict, release_dir=release)
+    outputs = render_outputs(view, named={"junit": junit, "sarif": sarif, "html": html}, formats=formats or [],
+                             out=out)
+    write_outputs(outputs)
     render_report(gated, verdict)
     raise typer.Exit(EXIT_PASS if verdict.verdict == "pass" else EXIT_FAIL)
 

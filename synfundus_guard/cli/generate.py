@@ -47,13 +47,15 @@ def generate(
     out: Path = typer.Option(..., "--out", help="Release folder to write (or resume)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the built-in phantom model)."),
     n: int = typer.Option(100, "--n", help="Number of images to release."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy file, e.g. policies/public.yaml."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy file, or a shipped policy by name: public, internal."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Conditioning labels, e.g. dr_grade=2,amd=0."),
     seed: int = typer.Option(0, help="Run seed; image i depends only on (seed, i)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images sampled and checked per batch."),
     steps: int = typer.Option(25, "--steps", help="DDIM sampling steps."),
     quarantine: Optional[Path] = typer.Option(None, "--quarantine", help="Private folder for rejected samples "
                                               "(default: OUT-quarantine beside the release)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Report folder: report.json and report.html "
+                                          "(public), private/ (default: OUT-report beside the release)."),
 ) -> None:
     """Generate N images that pass the policy's checks; rejected ones go to the quarantine with reasons.
 
@@ -62,7 +64,7 @@ def generate(
     """
     from ..generation.model import DEFAULT_MODEL_DIR, load_model
     from ..generation.sample import resolve_labels
-    from ..generation.sampler import generate_release
+    from ..generation.sampler import default_report_dir, generate_release
 
     if n < 1 or batch_size < 1 or steps < 1:
         raise fail_usage(f"--n, --batch-size and --steps must be at least 1 (got {n}, {batch_size}, {steps})")
@@ -72,8 +74,10 @@ def generate(
     resolve_labels(loaded, wanted)  # a label the model cannot make is a usage error before any heavy work
     with RichProgressObserver() as progress:
         result = generate_release(model_dir=loaded.path, model=loaded, n=n, out_dir=out, quarantine_dir=quarantine,
-                                  checks=lambda: build_checks(loaded.path, pol, progress), policy=pol, seed=seed, labels=wanted, batch_size=batch_size,
-                                  steps=steps, progress=progress)
+                                  checks=lambda: build_checks(loaded.path, pol, progress), policy=pol, seed=seed,
+                                  labels=wanted, batch_size=batch_size, steps=steps,
+                                  report_dir=report if report is not None else default_report_dir(out),
+                                  progress=progress)
     console.print(result.message, highlight=False)
     if result.reasons:
         console.print("rejections by check: " + ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items())),
@@ -82,6 +86,8 @@ def generate(
         typer.echo(f"release: {result.release_dir}  manifest: {result.manifest}")
     if result.rejected:
         typer.echo(f"quarantine (private): {result.quarantine_dir}")
+    if result.report_dir is not None:
+        typer.echo(f"report: {result.report_dir / 'report.html'}  (private page: {result.report_dir / 'private'})")
     raise typer.Exit(EXIT_PASS if result.status.passed else EXIT_FAIL)
 
 

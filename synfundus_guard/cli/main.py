@@ -11,14 +11,45 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
 import signal
 import threading
 from typing import Any, Iterator, Sequence
 
 import typer
+import typer.core
 
 from .errors import (EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, DEBUG_ENV, Terminated, one_line,
                      report_internal_error, set_debug)
+
+# --- help screens: the type column --------------------------------------------------------------------------
+# Typer 0.29 prints its own type labels in every help screen: ``<bool>`` beside flags that take no value (even
+# ``--help``), ``<str>``, ``<int range>``, ``<list[str]>``. It has no setting for this, so the one method that
+# makes those labels (``display_type``: used by the help screens only, plain and rich) is replaced for every
+# option and argument of the app here, instead of a metavar on each option: flags show no type, values read as
+# Click always wrote them (TEXT, INTEGER, FLOAT, PATH, ``[json|html]``). tests/test_cli_help.py checks every
+# command's screen.
+_TYPER_DISPLAY_TYPE = getattr(typer.core.TyperOption, "display_type", None)
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN"}
+
+
+def _help_type(param: Any, ctx: Any) -> str | None:
+    """The type column for ``param`` in a help screen: None for a flag or a counter, else Click's type word."""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return None
+    label = str(_TYPER_DISPLAY_TYPE(param, ctx))
+    inner = label[1:-1] if label.startswith("<") and label.endswith(">") else label
+    desc = getattr(param, "type_descriptor", None)
+    if getattr(desc, "is_list", False) and inner.startswith("list[") and inner.endswith("]"):
+        inner = inner[len("list["):-1]  # a repeatable option: each occurrence takes one value
+    if getattr(desc, "is_choice", False) or (getattr(desc, "is_datetime", False) and "|" in inner):
+        return f"[{inner}]"  # the choices (or date formats) themselves, as Click shows them
+    return re.sub(r"[A-Za-z_]+", lambda m: _TYPE_WORDS.get(m[0], m[0].upper()), inner).replace(",", " ")
+
+
+if _TYPER_DISPLAY_TYPE is not None:  # older Typer (Click's own help) already prints no type for flags
+    typer.core.TyperOption.display_type = _help_type  # type: ignore[method-assign]
+    typer.core.TyperArgument.display_type = _help_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="guard",

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..policies.evaluate import FLAG, PASS, ReleaseVerdict, Status, blocks
-from ..release.report import ImageResult, Report
+from ..policies.evaluate import blocks
+from ..results import FLAG, PASS, ImageResult, ReleaseVerdict, Report, Status
 
 _STATUS_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.SKIPPED: "yellow"}
 

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..policies.evaluate import IMAGE_CHECKS, action_for, image_result
 from ..policies.schema import GenerationPolicy, Policy
 from ..progress import NULL_PROGRESS, Progress
-from ..release.report import ImageResult
+from ..results import ImageResult
 from ..release.writer import ReleaseWriter, WriterState
 from .model import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .sample import DEFAULT_STEPS, Sample, resolve_labels, sample_batch
@@ -80,6 +80,8 @@ class GenerateResult:
     seconds: float = 0.0
     resumed_at: int = 0
     """Sample index this call started from (0 for a fresh run)."""
+    report_dir: Path | None = None
+    """Where the run's report pages were written (None when none was asked for, or the policy refused)."""
 
     @property
     def rejection_rate(self) -> float:
@@ -247,15 +249,60 @@ def _message(status: GenerateStatus, state: WriterState, n: int, gp: GenerationP
     return f"draw limit reached after {state.next_index} samples with {state.accepted} of {n} accepted"
 
 
+def _check_report_dir(report_dir: Path, out_dir: Path, quarantine_dir: Path) -> None:
+    """Refuse a report folder inside the release or the quarantine, or one holding files guard did not write."""
+    from ..release.report import check_report_folder
+
+    where = report_dir.resolve()
+    for folder in (out_dir.resolve(), quarantine_dir.resolve()):
+        if where == folder or folder in where.parents or where in folder.parents:
+            raise InputError(f"--report {report_dir} must lie outside the release and the quarantine")
+    check_report_folder(report_dir, option="--report")
+
+
+def _write_report(report_dir: Path, writer: ReleaseWriter, model: LoadedModel, policy: Policy,
+                  fingerprints: list[dict[str, Any]], *, passed: bool, message: str) -> None:
+    from .report import generation_report, write_generation_report
+
+    rows = writer.quarantine_rows()
+    report, verdict = generation_report(accepted=writer.accepted_entries(), rejected=rows, policy=policy,
+                                        check_fingerprints=fingerprints, release_name=writer.release_dir.name,
+                                        passed=passed, message=message)
+    evidence = {str(r["file_name"]): r.get("evidence", {}) for r in rows}
+    write_generation_report(report_dir, report, verdict, release_dir=writer.release_dir,
+                            quarantine_dir=writer.quarantine_dir, evidence=evidence, train_dir=_train_dir(model))
+
+
+def _train_dir(model: LoadedModel) -> Path | None:
+    """The model's training images, for the private page (None when they cannot be had)."""
+    from ..errors import GuardError
+    from ..audit.runner import default_cache_dir
+    from .default import training_data_dir
+
+    if model.card is None:
+        return None
+    try:
+        return training_data_dir(model, cache_dir=default_cache_dir())
+    except (GuardError, OSError):
+        return None
+
+
+def default_report_dir(release_dir: Path) -> Path:
+    """``RELEASE-report`` beside the release."""
+    release_dir = Path(release_dir)
+    return release_dir.parent / f"{release_dir.name}-report"
+
+
 def generate_release(*, model_dir: Path | None, n: int, out_dir: Path, quarantine_dir: Path | None = None,
                      checks: ChecksOrFactory, policy: Policy, seed: int = 0, labels: Mapping[str, str] | None = None,
                      batch_size: int = 16, steps: int = DEFAULT_STEPS, model: LoadedModel | None = None,
-                     progress: Progress = NULL_PROGRESS) -> GenerateResult:
+                     report_dir: Path | None = None, progress: Progress = NULL_PROGRESS) -> GenerateResult:
     """Sample from the model until ``n`` images pass ``checks`` under ``policy``; see the module docstring.
 
     ``model_dir`` None means the built-in default model; an already loaded ``model`` may be passed instead.
     ``checks`` may be a function that builds them (index, calibration): it is called only after the output
     folder was found usable and the release is not already finished, so bad input fails fast.
+    ``report_dir``: where the run's report pages go (:mod:`.report`; None writes none).
     Re-running with the same arguments resumes an interrupted run, or returns the finished release. Raises
     :class:`InputError` for ``n``/``batch_size``/``steps`` below 1 or an output folder holding a different
     release, and :class:`ModelError` for a missing or unusable model or labels it cannot generate.
@@ -268,6 +315,8 @@ def generate_release(*, model_dir: Path | None, n: int, out_dir: Path, quarantin
     out_dir = Path(out_dir)
     quarantine_dir = Path(quarantine_dir) if quarantine_dir is not None else default_quarantine_dir(out_dir)
     info, gp = model.public_info(), policy.generation
+    if report_dir is not None:
+        _check_report_dir(Path(report_dir), out_dir, quarantine_dir)
     common = dict(release_dir=out_dir, quarantine_dir=quarantine_dir, model=info)
     refusal = dp_problems(info, gp)
     if refusal:
@@ -308,6 +357,11 @@ def generate_release(*, model_dir: Path | None, n: int, out_dir: Path, quarantin
             manifest = writer.finalize({"model": info, "policy": policy.fingerprint(), "generation": generation,
                                         "checks": [c.fingerprint() for c in active]})
             state = writer.state
+        if report_dir is not None:
+            progress.log("rendering the report pages")
+            _write_report(Path(report_dir), writer, model, policy, [c.fingerprint() for c in active],
+                          passed=status.passed, message=_message(status, state, n, gp))
     return GenerateResult(status=status, message=_message(status, state, n, gp), accepted=state.accepted,
                           rejected=state.quarantined, drawn=state.accepted + state.quarantined, manifest=manifest,
-                          reasons=dict(why), seconds=time.perf_counter() - t0, resumed_at=start, **common)
+                          reasons=dict(why), seconds=time.perf_counter() - t0, resumed_at=start,
+                          report_dir=Path(report_dir) if report_dir is not None else None, **common)

@@ -27,6 +27,8 @@ from .store import GuardIndex, dataset_fingerprint, hash_records
 
 MIN_HOLDOUT = 20
 """Fewer holdout images cannot support a quantile threshold; calibration refuses them."""
+HIST_BINS = 40
+"""Bins of the holdout score histograms in the public report."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,15 @@ class Calibration:
         return tail_quantile(np.asarray(scores, dtype=np.float64), quantile)
 
     def summary(self) -> dict:
-        """Public summary (no identities): sample size and distribution quantiles."""
+        """Public summary (no identities): sample size, distribution quantiles and a histogram per score.
+
+        The histograms (:data:`HIST_BINS` bins between the sample's minimum and maximum) let a report show where a
+        release image's score sits against the holdout's, and say what fraction of new patients score lower.
+        """
         def q(a: np.ndarray) -> dict:
-            return {f"q{p}": round(float(np.quantile(a, p / 100)), 6) for p in (50, 90, 99, 100)}
+            counts, edges = np.histogram(a, bins=HIST_BINS)
+            out = {f"q{p}": round(float(np.quantile(a, p / 100)), 6) for p in (50, 90, 99, 100)}
+            return out | {"hist": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}}
 
         return {"n_holdout": int(len(self.embedding_sims)), "k": self.k,
                 "embedding_sim": q(self.embedding_sims), "pixel_ncc": q(self.pixel_nccs),

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import enum
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from ..audit.base import Finding
 from ..errors import InputError
-from ..release.report import ImageResult, Report
+from ..results import (ERROR, FLAG, LOW_FPRS, PASS, Finding, ImageResult, ReleaseCheck, ReleaseVerdict, Report,
+                       Status)
 from .schema import Action, Bound, FilterPolicy, GenerationPolicy, MembershipPolicy, MemorizationPolicy, Policy
 
 IMAGE_CHECKS = ("memorization", "vessels", "text", "faces", "metadata")
@@ -38,57 +36,7 @@ MEMBERSHIP_LIMITS = (
 
 Every metric is lower-is-better: an attack that separates members from non-members leaks membership.
 """
-LOW_FPR = {"tpr_at_1pct_fpr": 0.01, "tpr_at_01pct_fpr": 0.001}
-"""The false-positive rate each low-FPR metric is read at."""
-
-PASS, FLAG, ERROR = "pass", "flag", "error"
-"""Per-check statuses stored in :attr:`ImageResult.checks`."""
 _SEVERITY = {PASS: 0, FLAG: 1, ERROR: 2}
-
-
-class Status(str, enum.Enum):
-    """Outcome of one release-level check."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    SKIPPED = "skipped"
-    """Not evaluated: not required by the policy, or the audit did not run it (then a note says so)."""
-
-
-@dataclass(frozen=True)
-class ReleaseCheck:
-    """One release-level check and its outcome, e.g. ``failed-fraction`` or ``membership-auc``."""
-
-    name: str
-    status: Status
-    message: str
-    """One line: the measured value and the limit, the violation, or why it was skipped."""
-    group: str = "release"
-    """``"release"`` for release limits, ``"checks"`` for the coverage of a per-image check."""
-
-
-@dataclass(frozen=True)
-class ReleaseVerdict:
-    """What a policy says about a whole release."""
-
-    verdict: str
-    """``"pass"`` or ``"fail"``."""
-    violations: tuple[str, ...]
-    """Every violated limit, one line each (the messages of the failed :attr:`checks`)."""
-    notes: tuple[str, ...]
-    """Things a reviewer must know that are not violations (a check not run, another policy's thresholds)."""
-    image_failures: int
-    """Images whose verdict is not ``"pass"``."""
-    failed_fraction: float
-    """``image_failures`` over the number of images audited (0.0 when there are none)."""
-    checks: tuple[ReleaseCheck, ...] = ()
-    """Every release-level check, in a stable order (for JUnit test cases and the terminal)."""
-    images: int = 0
-    """Images audited."""
-    policy_name: str = ""
-    policy_sha256: str = ""
-    actions: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
-    """Per image check: ``"block"``, ``"warn"`` or ``"off"`` under the judging policy (for CI formats)."""
 
 
 # --- per image ----------------------------------------------------------------------------------------------
@@ -268,7 +216,7 @@ def _power_problem(key: str, limit: float, metrics: Mapping) -> str | None:
             return (f"{int(m)} members / {int(n)} non-members: chance alone spreads the AUC by +-{hw:.3f}, more "
                     f"than the limit's margin over chance ({limit - 0.5:.3f})")
         return None
-    fpr = LOW_FPR.get(key)
+    fpr = LOW_FPRS.get(key)
     if fpr is not None and n * fpr < 1:
         return f"{int(n)} non-members cannot resolve an FPR of {fpr:g} (>= {math.ceil(1 / fpr)} needed)"
     return None

@@ -25,6 +25,7 @@ import yaml
 
 from ..errors import PolicyError
 from ..fsutil import sha256_bytes
+from .shipped import is_policy_name, shipped_policy_names, shipped_policy_text
 
 MAX_POLICY_BYTES = 1024 * 1024
 """Largest policy file accepted (the shipped ones are under 2 KB)."""
@@ -281,7 +282,7 @@ def _read_policy_text(path: Path) -> str:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
-        raise PolicyError(str(path), ["file not found"]) from None
+        raise PolicyError(str(path), ["file not found" + _shipped_hint(path)]) from None
     except OSError as exc:
         raise PolicyError(str(path), [f"cannot read ({exc.strerror or exc})"]) from None
     if len(raw) > MAX_POLICY_BYTES:
@@ -292,7 +293,30 @@ def _read_policy_text(path: Path) -> str:
         raise PolicyError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
 
 
-def load_policy(path: Path) -> Policy:
-    """Load and validate a policy file. Raises :class:`PolicyError` (exit 2) on any problem."""
+def _shipped_hint(path: Path) -> str:
+    """A pointer to the shipped policy a missing path probably meant (``policies/public.yaml`` -> ``public``)."""
+    if path.suffix in (".yaml", ".yml") and path.stem in shipped_policy_names():
+        return f" (the shipped policy is loaded by its name: {path.stem})"
+    return ""
+
+
+def load_shipped_policy(name: str) -> Policy:
+    """The shipped policy ``name`` (package data), whatever the working directory holds. Raises :class:`PolicyError`."""
+    return parse_policy(shipped_policy_text(name), source=f"shipped:{name}")
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Load and validate a policy file, or a shipped policy by name (``public``, ``internal``).
+
+    A plain name (no folder, no suffix) means the shipped policy unless a file of that name exists in the
+    working directory: a file the user made always wins. Shipped policies are package data, so the name works
+    from an installed wheel too. Raises :class:`PolicyError` (exit 2) on any problem.
+    """
+    text = str(path)
+    if is_policy_name(text) and not Path(text).is_file():
+        if text not in shipped_policy_names():
+            names = ", ".join(shipped_policy_names()) or "none found"
+            raise PolicyError(text, [f"no such file, and no shipped policy of that name (shipped: {names})"])
+        return load_shipped_policy(text)
     path = Path(path)
     return parse_policy(_read_policy_text(path), source=str(path))

@@ -17,6 +17,9 @@ Signing: when the environment variable ``GUARD_MANIFEST_KEY`` is set (non-empty)
 ``hmac_sha256``, an HMAC-SHA256 keyed with the variable's UTF-8 bytes over the canonical JSON of the whole
 manifest without that field (so it covers ``root_sha256`` and also verdicts, fingerprints and the metadata hash).
 :func:`verify_release` checks it when the key is set; a wrong or missing signature is a problem (not ok).
+HMAC is symmetric (whoever can check it can forge it), so a manifest can also carry an Ed25519 ``signature`` made
+with a private key (``save_manifest(signing_key=...)``, or the key file named by ``GUARD_SIGNING_KEY``) over the
+same bytes, checked with the public key (``verify_release(public_key=...)``); see :mod:`.signing`.
 
 What a release may hold: the listed images, ``manifest.json``, ``metadata.jsonl`` and the top-level files named in
 :data:`ALLOWED_EXTRA` (``README.md``, ``LICENSE``, ``croissant.json``: dataset cards that hubs and loaders look
@@ -63,6 +66,8 @@ from ..fsutil import fsync_dir, safe_join, safe_relpath, sha256_bytes, sha256_fi
 from ..progress import NULL_PROGRESS, Progress
 from ..safeload import MAX_JSON_BYTES, parse_json, read_json
 from .report import PRIVATE_DIR
+from .signing import (SIGNATURE_FIELDS, Ed25519PrivateKey, Ed25519PublicKey, canonical_bytes, env_signing_key,
+                      sign_manifest, signature_problems)
 
 SCHEMA = "synfundus-guard/manifest/v1"
 MANIFEST_NAME = "manifest.json"
@@ -124,14 +129,46 @@ def root_sha256(files: list[dict[str, Any]]) -> str:
     return sha256_bytes(json.dumps(triples, separators=(",", ":"), ensure_ascii=True).encode("ascii"))
 
 
-def render_metadata(manifest: dict[str, Any]) -> bytes:
-    """The ``metadata.jsonl`` bytes for a manifest: one line per file, ``file_name`` plus per-image fields."""
+def _parquet_safe(value: Any) -> Any:
+    """``value`` without empty objects, at any depth (an empty object inside a list becomes null).
+
+    Parquet cannot store a struct with no fields, so one unconditional model's ``labels: {}`` on every row made
+    ``load_dataset("imagefolder", ...)["train"].to_parquet(...)`` fail. An absent key loads as null; empty lists
+    and nulls are fine.
+    """
+    if isinstance(value, dict):
+        pruned = {k: _parquet_safe(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v != {}}
+    if isinstance(value, list):
+        return [None if item == {} else item for item in map(_parquet_safe, value)]
+    return value
+
+
+def render_metadata(manifest: dict[str, Any], *, legacy: bool = False) -> bytes:
+    """The ``metadata.jsonl`` bytes for a manifest: one line per file, ``file_name`` plus per-image fields.
+
+    Rows are Parquet-safe (:func:`_parquet_safe`); the manifest keeps the fields as given. ``legacy=True``
+    renders them unpruned, as releases sealed before that change were, so those still verify.
+    """
     lines = []
     for f in manifest["files"]:
         row = {"file_name": f["file_name"]}
         row.update({k: v for k, v in f.items() if k not in RESERVED_FIELDS})
+        row = row if legacy else _parquet_safe(row)
         lines.append(json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
     return "".join(lines).encode("utf-8")
+
+
+def _metadata_for(manifest: dict[str, Any]) -> bytes:
+    """The rendering the manifest's metadata hash names: the legacy one for a release sealed before Parquet-safe
+    rows (so re-saving it, e.g. to sign it, keeps it verifiable), the current one otherwise."""
+    current = render_metadata(manifest)
+    expected = _section(manifest, "metadata").get("sha256")
+    if expected != sha256_bytes(current):
+        legacy = render_metadata(manifest, legacy=True)
+        if sha256_bytes(legacy) == expected:
+            return legacy
+    return current
 
 
 def _read_bounded_text(path: Path) -> str:
@@ -167,10 +204,8 @@ def read_metadata(release_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def signature(manifest: dict[str, Any], key: bytes) -> str:
-    """HMAC-SHA256 of the canonical JSON of ``manifest`` without its ``hmac_sha256`` field."""
-    body = {k: v for k, v in manifest.items() if k != "hmac_sha256"}
-    msg = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hmac.new(key, msg.encode("ascii"), hashlib.sha256).hexdigest()
+    """HMAC-SHA256 of the canonical JSON of ``manifest`` without its ``hmac_sha256`` and ``signature`` fields."""
+    return hmac.new(key, canonical_bytes(manifest), hashlib.sha256).hexdigest()
 
 
 def _env_key() -> bytes | None:
@@ -322,14 +357,16 @@ def build_manifest(
     return manifest
 
 
-def _render_pair(manifest: dict[str, Any]) -> tuple[bytes, bytes]:
+def _render_pair(manifest: dict[str, Any], signing_key: Ed25519PrivateKey | None) -> tuple[bytes, bytes]:
     """``metadata.jsonl`` and ``manifest.json`` bytes (the manifest signed when a key is set)."""
-    manifest = {k: v for k, v in manifest.items() if k != "hmac_sha256"}
+    manifest = {k: v for k, v in manifest.items() if k not in SIGNATURE_FIELDS}
     key = _env_key()
     try:
-        metadata = render_metadata(manifest)
+        metadata = _metadata_for(manifest)
         if key is not None:
             manifest["hmac_sha256"] = signature(manifest, key)
+        if signing_key is not None:
+            manifest["signature"] = sign_manifest(manifest, private_key=signing_key)
         text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise InputError(f"manifest is not JSON-serialisable: {exc}") from None
@@ -382,8 +419,12 @@ def _replace_or_restore(staged: Path, dest: Path, meta: Path, backup: Path | Non
         raise
 
 
-def save_manifest(release_dir: Path, manifest: dict[str, Any]) -> Path:
+def save_manifest(release_dir: Path, manifest: dict[str, Any], *,
+                  signing_key: Ed25519PrivateKey | None = None) -> Path:
     """Write ``metadata.jsonl`` and ``manifest.json`` all-or-nothing (signed when ``GUARD_MANIFEST_KEY`` is set).
+
+    ``signing_key`` (default: the key file named by ``GUARD_SIGNING_KEY``, if set) adds an Ed25519 signature; a
+    missing or bad key file is an :class:`InputError` before anything is written.
 
     Returns the manifest path. Both files are staged and fsynced first; then metadata is renamed into place and
     the folder fsynced (so the metadata is durable before any manifest names its hash), then the manifest. If
@@ -392,7 +433,7 @@ def save_manifest(release_dir: Path, manifest: dict[str, Any]) -> Path:
     cannot be written (the previous pair is kept); no temp file is left behind either way.
     """
     root = Path(release_dir)
-    metadata, body = _render_pair(manifest)
+    metadata, body = _render_pair(manifest, signing_key if signing_key is not None else env_signing_key())
     try:
         _publish(root, metadata, body)
     except OSError as exc:
@@ -427,11 +468,13 @@ def write_manifest(
     fingerprints: dict[str, Any] | None = None,
     run: dict[str, Any] | None = None,
     progress: Progress = NULL_PROGRESS,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> Path:
     """:func:`refuse_hidden` and :func:`build_manifest`, then :func:`save_manifest`; returns the manifest path."""
     refuse_hidden(release_dir)
+    signing_key = signing_key if signing_key is not None else env_signing_key()  # a bad key fails before hashing
     manifest = build_manifest(release_dir, entries=entries, fingerprints=fingerprints, run=run, progress=progress)
-    return save_manifest(release_dir, manifest)
+    return save_manifest(release_dir, manifest, signing_key=signing_key)
 
 
 def refuse_hidden(release_dir: Path) -> None:
@@ -528,10 +571,10 @@ def _signature_or_empty(manifest: dict[str, Any], key: bytes) -> str:
 def _metadata_problems(root: Path, manifest: dict[str, Any], contents: ReleaseContents) -> list[str]:
     problems = []
     expected = _section(manifest, "metadata").get("sha256")
-    try:
-        rendered = sha256_bytes(render_metadata(manifest))
+    try:  # either rendering: releases sealed before rows were made Parquet-safe still verify
+        rendered = {sha256_bytes(render_metadata(manifest, legacy=legacy)) for legacy in (False, True)}
     except (TypeError, ValueError):  # NaN or other values JSON allows in, but a manifest never holds
-        rendered = None
+        rendered = set()
     meta = root / METADATA_NAME
     if METADATA_NAME in contents.links:
         problems.append(f"{METADATA_NAME} is a symbolic link (not followed)")
@@ -539,7 +582,7 @@ def _metadata_problems(root: Path, manifest: dict[str, Any], contents: ReleaseCo
         problems.append(f"{METADATA_NAME} is missing")
     elif sha256_file(meta) != expected:
         problems.append(f"{METADATA_NAME} differs from the manifest's hash")
-    if rendered != expected:
+    if expected not in rendered:
         problems.append("per-image fields in the manifest were edited (they no longer match the metadata hash)")
     return problems
 
@@ -555,7 +598,8 @@ def _signature_problems(manifest: dict[str, Any]) -> tuple[list[str], list[str]]
     return [], []
 
 
-def _document_problems(root: Path, manifest: dict[str, Any], contents: ReleaseContents) -> tuple[list, list]:
+def _document_problems(root: Path, manifest: dict[str, Any], contents: ReleaseContents,
+                       public_key: Ed25519PublicKey | None) -> tuple[list, list]:
     """Problems and notes about the manifest, its metadata, its signature and what else the folder holds."""
     files = manifest["files"]
     problems = []
@@ -566,6 +610,9 @@ def _document_problems(root: Path, manifest: dict[str, Any], contents: ReleaseCo
         problems.append("counts.images does not match the file list")
     sig_problems, notes = _signature_problems(manifest)
     problems += sig_problems
+    sig_problems, sig_notes = signature_problems(manifest, public_key=public_key)
+    problems += sig_problems
+    notes += sig_notes
     problems += [f"symbolic link in the release (not followed): {p}" for p in contents.links]
     problems += [f"not a regular file (FIFO, socket or device): {p}" for p in contents.others]
     problems += [f"private file inside the release: {p}" for p in _private_files(contents)]
@@ -573,8 +620,11 @@ def _document_problems(root: Path, manifest: dict[str, Any], contents: ReleaseCo
     return problems, notes
 
 
-def verify_release(release_dir: Path, *, progress: Progress = NULL_PROGRESS) -> VerifyResult:
+def verify_release(release_dir: Path, *, progress: Progress = NULL_PROGRESS,
+                   public_key: Ed25519PublicKey | None = None) -> VerifyResult:
     """Re-hash every listed file and compare the release with its manifest.
+
+    With ``public_key``, the manifest must also carry a valid Ed25519 signature by that key (a problem otherwise).
 
     Returns a :class:`VerifyResult` (a difference is data, not an exception): every unlisted file is *added*,
     links and special files are also problems and are never read through. Raises :class:`ManifestError` when
@@ -591,7 +641,7 @@ def verify_release(release_dir: Path, *, progress: Progress = NULL_PROGRESS) -> 
             if change:
                 changes[change].append(f["file_name"])
             task.advance()
-    problems, notes = _document_problems(root, manifest, contents)
+    problems, notes = _document_problems(root, manifest, contents, public_key)
     added = contents.unlisted({f["file_name"] for f in manifest["files"]})
     removed, modified = tuple(sorted(changes["removed"])), tuple(sorted(changes["modified"]))
     ok = not (added or removed or modified or problems)

@@ -7,74 +7,15 @@ training images (closest pairs) goes to ``private/evidence.json`` beside it, whi
 
 from __future__ import annotations
 
-import datetime as _dt
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .. import __version__
 from ..errors import InputError
 from ..fsutil import atomic_write_json, make_private_dir
+from ..results import PRIVATE_DIR, SCHEMA, Report
 from ..safeload import read_json
 
-SCHEMA = "synfundus-guard/report/v1"
-PRIVATE_DIR = "private"
-
-
-@dataclass
-class ImageResult:
-    """Public outcome for one image."""
-
-    file_name: str
-    verdict: str
-    """``"pass"`` or ``"fail"``."""
-    reasons: list[str] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    """Flags from checks whose policy action is ``warn``: reported, not blocking."""
-    checks: dict[str, str] = field(default_factory=dict)
-    """Per check name: ``"pass"``, ``"flag"`` or ``"error"`` (so a gate can re-apply a policy's actions)."""
-
-
-@dataclass
-class Report:
-    """Machine-readable result of an audit (``report.json``)."""
-
-    policy: dict[str, str]
-    embedder: dict[str, Any]
-    images: list[ImageResult]
-    verdict: str
-    """Release verdict: ``"pass"`` or ``"fail"``."""
-    summary: dict[str, Any] = field(default_factory=dict)
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    """Fingerprints of the per-image checks that ran (thresholds included)."""
-    calibration: dict[str, Any] = field(default_factory=dict)
-    release_checks: dict[str, Any] = field(default_factory=dict)
-    """Release-level results, e.g. ``{"membership": {...}}``."""
-    violations: list[str] = field(default_factory=list)
-    """Release-level policy violations, one line each."""
-    release: dict[str, Any] = field(default_factory=dict)
-    tool: dict[str, str] = field(default_factory=lambda: {"name": "synfundus-guard", "version": __version__})
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    schema: str = SCHEMA
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Report":
-        """Inverse of :meth:`to_dict`; raises :class:`InputError` on a document that is not a report."""
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise InputError(f"not a synfundus-guard report (expected schema {SCHEMA!r})")
-        if not isinstance(data.get("images"), list):
-            raise InputError("malformed report: 'images' must be a list")
-        try:
-            images = [ImageResult(**img) for img in data["images"]]
-            rest = {k: v for k, v in data.items() if k != "images"}
-            return cls(images=images, **rest)
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"malformed report: {exc}") from None
+__all__ = ["PRIVATE_DIR", "check_report_folder", "read_report", "write_report"]
 
 
 def write_report(report: Report, out_dir: Path, *, private: dict[str, Any] | None = None) -> Path:
@@ -107,3 +48,39 @@ def read_report(path: Path) -> Report:
     except FileNotFoundError:
         raise InputError(f"report not found: {path}") from None
     return Report.from_dict(data)
+
+
+def is_report_folder(folder: Path) -> bool:
+    """True when ``folder`` holds a report guard wrote (its ``report.json`` has the report schema)."""
+    try:
+        return read_json(Path(folder) / "report.json", expect=dict).get("schema") == SCHEMA
+    except (OSError, InputError):
+        return False
+
+
+PRIVATE_FILES = ("evidence.json", "report.html")
+"""What guard writes into ``private/`` before ``report.json``."""
+
+
+def _cut_short(folder: Path) -> bool:
+    """A report folder whose writing was cut short before ``report.json``: only guard's private files."""
+    private = folder / PRIVATE_DIR
+    try:
+        return [p.name for p in folder.iterdir()] == [PRIVATE_DIR] and private.is_dir() and all(
+            p.name in PRIVATE_FILES or p.name.startswith(".") for p in private.iterdir())
+    except OSError:
+        return False
+
+
+def check_report_folder(folder: Path, *, option: str, accept: Callable[[Path], bool] = lambda _: False) -> None:
+    """Refuse a report folder guard may not write into: a file, or a non-empty folder holding no guard report.
+
+    ``accept`` recognises other guard state a caller may resume from (an audit's journal). Raises
+    :class:`InputError` with one line naming ``option``.
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {folder} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not (is_report_folder(path) or _cut_short(path) or accept(path)):
+        raise InputError(f"{option} {folder} is not empty and holds no guard report; use a new or empty folder "
+                         "(guard never overwrites files it did not write)")

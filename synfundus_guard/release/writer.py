@@ -25,10 +25,11 @@ same seeds. Images in the release that no journal line names are deleted. Should
 from both the release and staging (damage from outside), the journal is cut before that batch and the index
 rewound, which again regenerates the same images.
 
-:meth:`ReleaseWriter.finalize` writes ``metadata.jsonl`` and ``manifest.json`` from the journal, then removes
-``.guard/``: the shipped folder holds only images and those two files. The manifest keeps a small ``run`` record
-(config hash, counts, ``next_index``) so a re-run recognises the finished release. The run config itself is not
-published: it may hold local paths, and public files never name training data.
+:meth:`ReleaseWriter.finalize` writes ``metadata.jsonl`` and ``manifest.json`` from the journal, then
+``croissant.json`` (:mod:`.croissant`, built from the manifest; re-opening a release sealed without it writes
+it), then removes ``.guard/``: the shipped folder holds only images and those three files. The manifest keeps a
+small ``run`` record (config hash, counts, ``next_index``) so a re-run recognises the finished release. The run
+config itself is not published: it may hold local paths, and public files never name training data.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..errors import InputError, ManifestError
 from ..fsutil import (atomic_write_json, atomic_write_text, make_private_dir, safe_join, safe_relpath, sha256_bytes,
                       sha256_file, write_durable)
 from ..progress import NULL_PROGRESS, Progress
+from .croissant import CROISSANT_NAME, write_croissant
 from .manifest import MANIFEST_NAME, METADATA_NAME, RESERVED_FIELDS, build_manifest, save_manifest
 
 try:
@@ -56,7 +58,7 @@ except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
 STATE_DIR = ".guard"
 REASONS_NAME = "reasons.jsonl"
 STATE_SCHEMA = "synfundus-guard/writer-state/v1"
-_TMP_LEFTOVER = re.compile(r"^\.(manifest\.json|metadata\.jsonl)\..*\.tmp$")
+_TMP_LEFTOVER = re.compile(r"^\.(manifest\.json|metadata\.jsonl|croissant\.json)\..*\.tmp$")
 
 Accepted = tuple[str, bytes, dict[str, Any]]
 Rejected = tuple[str, bytes, dict[str, Any]]
@@ -194,7 +196,9 @@ class ReleaseWriter:
                                "use another folder or remove it")
         run = self._finished_run()
         if run is not None and run.get("config_sha256") == self.config_sha256:
+            self._complete_finalize()
             shutil.rmtree(self._guard, ignore_errors=True)  # left over by a finalize cut short
+            self.close()
             self._final = WriterState(int(run.get("accepted", 0)), int(run.get("quarantined", 0)),
                                       int(run.get("next_index", 0)), int(run.get("batches", 0)), finalized=True)
             return
@@ -227,6 +231,21 @@ class ReleaseWriter:
             return None
         run = manifest.get("run") if isinstance(manifest, dict) else None
         return run if isinstance(run, dict) else {}
+
+    def _complete_finalize(self) -> None:
+        """Finish a finalize cut short after sealing: remove its temp files and write a missing croissant.json.
+
+        A complete release is left untouched (nothing is written). Otherwise the lock is taken first, so that a
+        finalize still running in another process is refused rather than raced.
+        """
+        leftovers = [p for p in self.release_dir.iterdir() if _TMP_LEFTOVER.match(p.name)]
+        if not leftovers and (self.release_dir / CROISSANT_NAME).is_file():
+            return
+        self._lock()
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        if not (self.release_dir / CROISSANT_NAME).is_file():
+            write_croissant(self.release_dir)
 
     def _lock(self) -> None:
         self._guard.mkdir(exist_ok=True)
@@ -308,6 +327,20 @@ class ReleaseWriter:
         repairs = [f"removed {len(drop)} quarantined image(s) of an interrupted batch"] if drop else []
         lost = len(set(committed) - {row["file_name"] for row in keep if row.get("run") == ours})
         return repairs + ([f"{lost} quarantine reason(s) are missing"] if lost else [])
+
+    def accepted_entries(self) -> dict[str, dict[str, Any]]:
+        """Per image in the release its entry (index, seed, labels, scores, warnings): from the journal, or
+        from the manifest once the release is sealed."""
+        if self._final is not None:
+            from .manifest import read_manifest
+
+            return {f["file_name"]: f for f in read_manifest(self.release_dir).get("files", [])}
+        return {a["file_name"]: a["entry"] for r in self._records for a in r["accepted"]}
+
+    def quarantine_rows(self) -> list[dict[str, Any]]:
+        """This run's quarantine reason rows (file name, index, scores, reasons, private evidence)."""
+        rows, _ = _read_lines(self.quarantine_dir / REASONS_NAME, _check_reason)
+        return [row for row in rows if row.get("run") == self.config_sha256[:16]]
 
     # -- writing --------------------------------------------------------------------------------------------
 
@@ -416,7 +449,7 @@ class ReleaseWriter:
         shutil.rmtree(staging, ignore_errors=True)
 
     def finalize(self, fingerprints: dict[str, Any], *, progress: Progress | None = None) -> Path:
-        """Write ``metadata.jsonl`` and ``manifest.json`` from the journal, remove ``.guard/``; returns the path.
+        """Write ``metadata.jsonl``, ``manifest.json`` and ``croissant.json``, remove ``.guard/``; returns the path.
 
         Manifest entries carry each image's fields plus ``verdict: "pass"``. Idempotent: a finalized release
         returns its manifest unchanged. Raises :class:`InputError` when nothing was accepted or the release
@@ -442,6 +475,7 @@ class ReleaseWriter:
             raise InputError(f"the release changed outside the writer ({len(differ)} file(s), e.g. {differ[0]!r}); "
                              "remove it and run again")
         save_manifest(self.release_dir, manifest)
+        write_croissant(self.release_dir, manifest=manifest)  # after sealing: a resume completes it
         _fsync_dir(self.release_dir)
         shutil.rmtree(self._guard, ignore_errors=True)
         self.close()

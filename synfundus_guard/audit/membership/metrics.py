@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import CheckError
+from ...results import LOW_FPRS
 
 METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr", "balanced_accuracy")
 """Metric keys of the report, in order; the TPR keys match ``policies.evaluate.MEMBERSHIP_LIMITS``."""
-LOW_FPRS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_01pct_fpr": 0.001}
 CONFIDENCE = 0.95
 ROC_MAX_POINTS = 200
 _DIGITS = 6

@@ -8,14 +8,15 @@ location per release-level violation. Like the public report, nothing here names
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 from typing import Any
 from urllib.parse import quote
 
 from .. import __version__
-from ..fsutil import atomic_write_json
-from ..policies.evaluate import IMAGE_CHECKS, PASS, ReleaseCheck, ReleaseVerdict, Status, blocks, split_lines
-from .report import ImageResult, Report
+from ..policies.evaluate import IMAGE_CHECKS, blocks
+from ..results import PASS, ImageResult, ReleaseCheck, ReleaseVerdict, Report, Status
+from ._text import lines_by_check, scores_of
+from .interface import ReportFormat, ReportView, register
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"
@@ -54,7 +55,7 @@ def _rules(report: Report, verdict: ReleaseVerdict) -> list[dict[str, Any]]:
 
 
 def _image_results(img: ImageResult, verdict: ReleaseVerdict, index: dict[str, int]) -> list[dict[str, Any]]:
-    lines, _ = split_lines(img.reasons + img.warnings, list(img.checks))
+    lines = lines_by_check(img)
     uri = quote(img.file_name, safe="/", errors="surrogateescape")
     out = []
     for check, status in img.checks.items():
@@ -62,7 +63,7 @@ def _image_results(img: ImageResult, verdict: ReleaseVerdict, index: dict[str, i
             continue
         action = verdict.actions.get(check, "off")
         level = "error" if blocks(status, action) else _LEVEL_FOR_ACTION[action]
-        scores = {k: v for k, v in img.scores.items() if k.startswith(f"{check}.")} or dict(img.scores)
+        scores = scores_of(img, check) or dict(img.scores)
         text = "; ".join(lines.get(check, [])) or f"{check}: {status}"
         rule_id = _image_rule_id(check)
         out.append({
@@ -94,8 +95,14 @@ def to_sarif(report: Report, verdict: ReleaseVerdict) -> dict[str, Any]:
     return {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
 
 
-def write_sarif(path: Path, report: Report, verdict: ReleaseVerdict) -> Path:
-    """Write :func:`to_sarif` to ``path`` atomically as JSON; returns the path."""
-    path = Path(path)
-    atomic_write_json(path, to_sarif(report, verdict))
-    return path
+@register
+class SarifFormat(ReportFormat):
+    """SARIF 2.1.0: a result per flagged image per check, and per release-level violation."""
+
+    name = "sarif"
+    file_name = "report.sarif"
+    description = "SARIF 2.1.0 (code-scanning dashboards)"
+
+    def render(self, view: ReportView) -> bytes:
+        text = json.dumps(to_sarif(view.report, view.verdict), indent=2, sort_keys=True, allow_nan=False)
+        return (text + "\n").encode("utf-8")

@@ -8,26 +8,13 @@ privacy) and one per policy-enabled check the audit did not run (class ``checks`
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-from ..fsutil import atomic_write_text
-from ..policies.evaluate import ReleaseVerdict, Status
-from .report import Report
+from ..results import Report, ReleaseVerdict, Status
+from ._text import xml_text as _text
+from .interface import ReportFormat, ReportView, register
 
 SUITE_NAME = "synfundus-guard"
-_NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def _text(value: object) -> str:
-    """``value`` as text XML 1.0 can carry: control characters and lone surrogates become escapes."""
-    return _NOT_XML.sub(_escape, str(value))
 
 
 def _case(suite: ET.Element, classname: str, name: str) -> ET.Element:
@@ -79,8 +66,13 @@ def to_junit(report: Report, verdict: ReleaseVerdict) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_junit(path: Path, report: Report, verdict: ReleaseVerdict) -> Path:
-    """Write :func:`to_junit` to ``path`` atomically; returns the path."""
-    path = Path(path)
-    atomic_write_text(path, to_junit(report, verdict))
-    return path
+@register
+class JUnitFormat(ReportFormat):
+    """JUnit XML: one test case per image and per release-level check."""
+
+    name = "junit"
+    file_name = "report.junit.xml"
+    description = "JUnit XML (a test case per image and per release check)"
+
+    def render(self, view: ReportView) -> bytes:
+        return to_junit(view.report, view.verdict).encode("utf-8")
