@@ -21,6 +21,8 @@ from synfundus_guard.release.report import write_report
 from synfundus_guard.results import Report
 
 PUBLIC = load_policy("public")
+MARKUP = ("html", "junit", "markdown")
+"""Formats a browser or a CI page renders as markup: a hostile name must not become an element there."""
 HOSTILE = "dir/<script>alert(1)</script> | [x](http://evil) `rm` \x07\u202e.png"
 
 
@@ -44,7 +46,7 @@ def test_every_format_renders_a_hostile_report(fmt):
         assert json.loads(text)["images"][1]["file_name"] == HOSTILE
     elif fmt.value == "sarif":
         assert json.loads(text)["runs"][0]["results"]
-    else:
+    elif fmt.value in MARKUP:
         assert "<script>" not in text
     if fmt.value == "junit":
         ET.fromstring(data)
@@ -114,3 +116,16 @@ def test_gate_format_usage_errors(report_dir, tmp_path, monkeypatch, capsys, arg
     if message:
         assert err.strip() == message
     assert not (tmp_path / "same").exists() and not (tmp_path / "x").exists()
+
+
+def test_html_plots_membership_roc_curves_with_hostile_attack_names():
+    view = _view()
+    roc = {"fpr": [0.0, 0.2, 1.0], "tpr": [0.0, 0.6, 1.0]}
+    attacks = {"<script>x</script> $\\frac{a$": {"auc": {"point": 0.7, "lower": 0.6, "upper": 0.8}, "roc": roc,
+                                                 "tpr_at_1pct_fpr": {"point": 0.1, "lower": 0.0, "upper": 0.2},
+                                                 "n_members": 50, "n_nonmembers": 40}}
+    view.report.release_checks["membership"] = [{"level": "image", "attacks": attacks, "notes": ["a <b> note"]}]
+    page = get_format("html").render(view).decode("utf-8")
+    body = page.split("<h2>Membership inference</h2>")[1]
+    assert body.count("<svg") == 1 and "<script>" not in page and "&lt;script&gt;" in body
+    assert "0.700 [0.600, 0.800]" in body and "50 / 40" in body and "a &lt;b&gt; note" in body

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 _STYLE = {"svg.fonttype": "none", "svg.hashsalt": "synfundus-guard", "font.size": 9, "axes.spines.top": False,
-          "axes.spines.right": False}
+          "axes.spines.right": False, "text.parse_math": False}
+"""``text.parse_math`` off: names from a report on disk are shown as written, never parsed as TeX."""
 HOLDOUT_COLOUR, RELEASE_COLOUR, LIMIT_COLOUR = "#4c72b0", "#dd8452", "#c44e52"
 
 
