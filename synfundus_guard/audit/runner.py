@@ -300,13 +300,16 @@ def audit_release(
     engine: str = "local",
     address: str | None = None,
     formats: Sequence[str] = (),
+    evaluate: Any = None,
     progress: Progress = NULL_PROGRESS,
 ) -> AuditResult:
     """Audit ``release_dir`` under ``policy``; writes the report to ``out_dir``. See the module docstring.
 
     ``workers``: processes that check images (0: one per core, when the release is large enough to gain;
     :func:`.workers.auto_workers`); 1 checks in this process. ``formats``: report formats written beside
-    ``report.json`` (:data:`~synfundus_guard.formats.OutputFormat` names) on top of :data:`AUDIT_FORMATS`."""
+    ``report.json`` (:data:`~synfundus_guard.formats.OutputFormat` names) on top of :data:`AUDIT_FORMATS`.
+    ``evaluate``: :class:`~synfundus_guard.fidelity.evaluate.EvaluateOptions` to also measure fidelity and
+    utility against the holdout (``release_checks["fidelity"]``, judged by the policy's fidelity limits)."""
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     _check_paths(release_dir, out_dir)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -334,6 +337,14 @@ def audit_release(
         policy=policy, release_dir=release_dir, train_dir=train_dir, holdout_dir=holdout_dir, model_dir=model_dir,
         embedder=guard.index.embedder if guard else embedder, cache_dir=cache_dir or default_cache_dir(),
         progress=progress)
+    if evaluate is not None:
+        if holdout_dir is None:
+            raise InputError("--evaluate measures the release against real images: give --train and --holdout")
+        from ..fidelity.evaluate import evaluate_release_fidelity
+
+        release_checks["fidelity"] = evaluate_release_fidelity(release_dir=release_dir, real_dir=holdout_dir,
+                                                               train_dir=train_dir, options=evaluate,
+                                                               progress=progress)
     checks = build_checks(policy=policy, guard=guard, progress=progress)
     n_workers = auto_workers(n_images, workers) if engine == "local" else workers
     if engine == "ray":

@@ -9,7 +9,7 @@ import typer
 
 from ..formats import OutputFormat
 from ..policies.schema import load_policy
-from .errors import EXIT_FAIL, EXIT_PASS, guarded
+from .errors import EXIT_FAIL, EXIT_PASS, fail_usage, guarded
 from .progress import RichProgressObserver, console
 
 
@@ -36,6 +36,10 @@ def audit(
     formats: Optional[list[OutputFormat]] = typer.Option(None, "--format", "-f", help="Also write this report "
                                                          "format into --out (repeatable); report.json and the HTML "
                                                          "pages are always written."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Also measure fidelity and utility against the "
+                                  "holdout (as guard evaluate) and judge the policy's fidelity limits."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="With --evaluate: label columns to test, e.g. "
+                                         "dr_grade,amd."),
 ) -> None:
     """Audit RELEASE: memorization (FAISS kNN + aligned pixel check) and identity checks under a policy.
 
@@ -45,12 +49,21 @@ def audit(
     from .render import render_report
 
     pol = load_policy(policy)
+    if labels and not evaluate:
+        raise fail_usage("--labels is for --evaluate")
+    options = None
+    if evaluate:
+        from ..fidelity.evaluate import EvaluateOptions
+        from .evaluate import parse_label_names
+
+        options = EvaluateOptions(labels=parse_label_names(labels), n_boot=pol.membership.bootstrap,
+                                  workers=workers)
     with RichProgressObserver() as progress:
         result = audit_release(
             release_dir=release, out_dir=out, policy=pol, train_dir=train, holdout_dir=holdout, model_dir=model,
             embedder=embedder, index_dir=index, cache_dir=cache_dir, batch_size=batch_size,
             write_release_manifest=manifest, workers=workers, engine=engine, address=address,
-            formats=[f.value for f in formats or []], progress=progress,
+            formats=[f.value for f in formats or []], evaluate=options, progress=progress,
         )
     render_report(result.report, result.verdict, console=console)
     folder = result.report_path.parent

@@ -69,7 +69,8 @@ def write_outputs(outputs: dict[Path, bytes]) -> None:
 @guarded
 def gate(
     report: Annotated[Path, typer.Argument(metavar="REPORT", help="report.json, or the folder that holds it.")],
-    policy: Annotated[Path, typer.Option("--policy", "-p", help="Policy file, or a shipped policy by name (public, internal), to judge the report under.")],
+    policy: Annotated[Path, typer.Option("--policy", "-p", help="Policy file, or a shipped policy by name (public, "
+                                         "internal), to judge the report under.")],
     junit: Annotated[Path | None, typer.Option("--junit", help="Also write JUnit XML here.")] = None,
     sarif: Annotated[Path | None, typer.Option("--sarif", help="Also write SARIF 2.1.0 here.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write the public HTML report here.")] = None,
@@ -78,12 +79,19 @@ def gate(
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the --format files.")] = None,
     release: Annotated[Path | None, typer.Option("--release", help="The audited release folder: the HTML "
                                                  "report then shows thumbnails of flagged images.")] = None,
+    fidelity: Annotated[Path | None, typer.Option("--fidelity", help="fidelity.json of guard evaluate: judged "
+                                                  "under the policy's fidelity limits.")] = None,
 ) -> None:
     """Re-apply a policy to an audit report; exit 0 pass, 1 policy failed, 2 bad input."""
     if formats and out is None:
         raise fail_usage("--format writes into a folder: give --out DIR")
     loaded_policy = load_policy(policy)
-    gated, verdict = gate_report(read_report(report), loaded_policy)
+    stored = read_report(report)
+    if fidelity is not None:
+        from ..fidelity.evaluate import read_fidelity
+
+        stored.release_checks["fidelity"] = read_fidelity(fidelity)
+    gated, verdict = gate_report(stored, loaded_policy)
     if release is not None and not release.is_dir():
         raise fail_usage(f"--release {release} is not a folder")
     view = ReportView(gated, verdict, release_dir=release)

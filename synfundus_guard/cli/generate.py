@@ -47,7 +47,8 @@ def generate(
     out: Path = typer.Option(..., "--out", help="Release folder to write (or resume)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the built-in phantom model)."),
     n: int = typer.Option(100, "--n", help="Number of images to release."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy file, or a shipped policy by name: public, internal."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy file, or a shipped policy by name: "
+                                          "public, internal."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Conditioning labels, e.g. dr_grade=2,amd=0."),
     seed: int = typer.Option(0, help="Run seed; image i depends only on (seed, i)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images sampled and checked per batch."),

@@ -80,7 +80,7 @@ def _root(
 
 
 # Each module registers its commands on ``app`` (or adds a sub-app) when imported.
-_COMMAND_MODULES = ("data", "audit", "gate", "manifest", "train", "generate", "demo")
+_COMMAND_MODULES = ("data", "audit", "gate", "evaluate", "manifest", "train", "generate", "demo")
 
 for _name in _COMMAND_MODULES:
     try:

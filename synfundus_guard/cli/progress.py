@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
 from ..progress import Progress, ProgressTask
 
@@ -38,14 +39,23 @@ class RichProgressObserver(Progress):
         )
 
     def __enter__(self) -> "RichProgressObserver":
-        self._bar.start()
+        self._started = False  # started by the first task or log line: an early error prints only itself
         return self
 
+    def _start(self) -> None:
+        if not getattr(self, "_started", False):
+            self._bar.start()
+            self._started = True
+
     def __exit__(self, *exc: object) -> None:
-        self._bar.stop()
+        if getattr(self, "_started", False):
+            self._bar.stop()
+            self._started = False
 
     def task(self, description: str, total: int | None = None) -> ProgressTask:
+        self._start()
         return _RichTask(self._bar, description, total)
 
     def log(self, message: str) -> None:
+        self._start()
         self._bar.console.print(message)

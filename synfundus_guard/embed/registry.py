@@ -1,6 +1,8 @@
 """Build an embedder from a short spec string (the ``--embedder`` option).
 
 * ``pixel`` — the built-in default (:mod:`.pixel`), no weights needed.
+* ``stats`` — the weight-free fidelity descriptor (:mod:`.stats`): colour, sharpness and structure, for
+  ``guard evaluate``; not for memorization (it does not match recoloured or rotated copies).
 * ``openclip:ARCH:CHECKPOINT`` — an open_clip model ``ARCH`` (e.g. ``ViT-B-32``) with weights from a local
   checkpoint file; ``CHECKPOINT`` may also be an open_clip pretrained tag when a network exists.
 """
@@ -20,6 +22,10 @@ def embedder_from_spec(spec: str = DEFAULT_SPEC) -> Embedder:
         from .pixel import PixelEmbedder
 
         return PixelEmbedder()
+    if spec == "stats":
+        from .stats import StatsEmbedder
+
+        return StatsEmbedder()
     if spec.startswith("openclip:"):
         parts = spec.split(":", 2)
         if len(parts) != 3 or not parts[1] or not parts[2]:
@@ -27,4 +33,4 @@ def embedder_from_spec(spec: str = DEFAULT_SPEC) -> Embedder:
         from .clip import OpenClipEmbedder
 
         return OpenClipEmbedder(arch=parts[1], checkpoint=parts[2])
-    raise InputError(f"unknown embedder {spec!r} (use 'pixel' or 'openclip:ARCH:CHECKPOINT_PATH')")
+    raise InputError(f"unknown embedder {spec!r} (use 'pixel', 'stats' or 'openclip:ARCH:CHECKPOINT_PATH')")

@@ -133,6 +133,29 @@ def _membership(report: Report, verdict: ReleaseVerdict) -> list[str]:
     return out or ["<p>Membership inference ran no attack.</p>"]
 
 
+def _fidelity(report: Report) -> list[str]:
+    section = report.release_checks.get("fidelity")
+    metrics = section.get("metrics") if isinstance(section, Mapping) else None
+    if not isinstance(metrics, Mapping):
+        return []
+    directions = metrics.get("higher_is_better") if isinstance(metrics.get("higher_is_better"), Mapping) else {}
+    rows = []
+    for name, value in metrics.items():
+        got = _ci(value)
+        if got is not None:
+            ci = f" [{got[1][0]:.4g}, {got[1][1]:.4g}]" if got[1] else ""
+            better = {True: "higher", False: "lower"}.get(directions.get(name), "")
+            rows.append([esc(name), esc(f"{got[0]:.4g}{ci}"), esc(better)])
+    features = section.get("features", {}) if isinstance(section.get("features"), Mapping) else {}
+    counts = section.get("counts", {}) if isinstance(section.get("counts"), Mapping) else {}
+    out = ["<h2>Fidelity against real images</h2>",
+           f'<p class="muted small">features {esc(features.get("fingerprint", "?"))}; '
+           + esc(", ".join(f"{k} {v}" for k, v in counts.items())) + "</p>",
+           table(["metric", "value [95 % CI]", "better"], rows)]
+    out += [f'<p class="muted small">{esc(w)}</p>' for w in metrics.get("warnings", []) or []]
+    return out
+
+
 def public_page(view: ReportView) -> bytes:
     """The public report page."""
     r, v = view.report, view.verdict
@@ -160,6 +183,7 @@ def public_page(view: ReportView) -> bytes:
                                           if calibrated else "") + "the dashed line is the policy's limit.</p>"]
     body += _histograms(r)
     body += ["<h2>Membership inference</h2>"] + _membership(r, v)
+    body += _fidelity(r)
     return page(f"synfundus-guard report: {v.verdict}", body)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import InputError
 from ..results import (ERROR, FLAG, LOW_FPRS, PASS, Finding, ImageResult, ReleaseCheck, ReleaseVerdict, Report,
                        Status)
+from .fidelity import fidelity_checks
 from .schema import Action, Bound, FilterPolicy, GenerationPolicy, MembershipPolicy, MemorizationPolicy, Policy
 
 IMAGE_CHECKS = ("memorization", "vessels", "text", "faces", "metadata")
@@ -350,6 +351,7 @@ def evaluate_release(report: Report, policy: Policy) -> ReleaseVerdict:
     checks = [fraction_check, *_coverage(report, policy, notes)]
     checks += _membership(report.release_checks.get("membership"), policy.membership, notes)
     checks.append(_differential_privacy(report.release_checks.get("model"), policy.generation))
+    checks += fidelity_checks(report.release_checks.get("fidelity"), policy.fidelity, notes)
     violations = tuple(c.message for c in checks if c.status is Status.FAIL)
     return ReleaseVerdict(
         verdict="fail" if violations else "pass", violations=violations, notes=tuple(notes),

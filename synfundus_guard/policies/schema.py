@@ -112,6 +112,30 @@ class GenerationPolicy:
 
 
 @dataclass(frozen=True)
+class FidelityPolicy:
+    """Optional limits on fidelity and utility (``guard evaluate``, ``guard audit --evaluate``): none by default.
+
+    A release can leak nothing and still be useless (collapsed onto a few patients' look, blurred, its labels not
+    shown): these limits let a gate fail it. ``min_*`` limits are lower bounds of higher-is-better metrics,
+    ``max_*`` upper bounds of lower-is-better ones.
+    """
+
+    enabled: bool = False
+    """Require fidelity to be measured: a report without it fails the release (closed)."""
+    min_precision: float | None = None
+    min_recall: float | None = None
+    min_density: float | None = None
+    min_coverage: float | None = None
+    min_authenticity: float | None = None
+    max_fd: float | None = None
+    max_kd: float | None = None
+    min_label_consistency: float | None = None
+    """Lowest balanced accuracy, on every tested label, of a real-data classifier reading the release's labels."""
+    conservative: bool = False
+    """Compare the conservative end of each 95 % CI (lower for minimums, upper for maximums), not the estimate."""
+
+
+@dataclass(frozen=True)
 class Policy:
     """A release policy. ``sha256`` is the hash of the file it was read from."""
 
@@ -123,6 +147,7 @@ class Policy:
     identity: IdentityPolicy = field(default_factory=IdentityPolicy)
     membership: MembershipPolicy = field(default_factory=MembershipPolicy)
     generation: GenerationPolicy = field(default_factory=GenerationPolicy)
+    fidelity: FidelityPolicy = field(default_factory=FidelityPolicy)
     sha256: str = ""
     source: str = ""
 
@@ -148,6 +173,11 @@ _RANGES: dict[tuple[type, str], tuple[str, Any]] = {
     (GenerationPolicy, "max_rejection_rate"): _UNIT,
     (GenerationPolicy, "min_samples_before_stop"): ("between 1 and 1000000", lambda v: 1 <= v <= 1_000_000),
     (GenerationPolicy, "max_epsilon"): _POS,
+    **{(FidelityPolicy, f"min_{m}"): _UNIT for m in ("precision", "recall", "coverage", "authenticity",
+                                                   "label_consistency")},
+    (FidelityPolicy, "min_density"): (">= 0", lambda v: v >= 0),
+    (FidelityPolicy, "max_fd"): _POS,
+    (FidelityPolicy, "max_kd"): _POS,
 }
 _TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
@@ -221,6 +251,7 @@ _SECTIONS: dict[str, type] = {
     "IdentityPolicy": IdentityPolicy,
     "MembershipPolicy": MembershipPolicy,
     "GenerationPolicy": GenerationPolicy,
+    "FidelityPolicy": FidelityPolicy,
 }
 
 

@@ -1,0 +1,139 @@
+"""Fidelity and utility metrics rank releases with known defects, per data source; the default model's numbers.
+
+Real data: phantom fundus photographs of patients the model never saw (``--real``) and a training set
+(``--train``). Releases, each as large as the real set:
+
+* ``diverse``: new phantom patients (the renderer's own distribution: what a faithful generator would draw);
+* ``other renderer``: new patients from the second, independent renderer (``bench/alt_fundus.py``): a
+  domain shift that fidelity metrics should see;
+* ``collapsed``: many photographs of only 5 patients (mode collapse);
+* ``blurred``: the diverse set blurred (Gaussian, sigma 1.5 px at 128 px);
+* ``shuffled labels``: the diverse set with its dr_grade labels permuted;
+* ``copies``: transformed copies of training photographs (memorization);
+* ``default model``: samples of the built-in default model against its own phantom holdout (at its 32 px).
+
+Expected: collapse -> lowest coverage and recall; blur -> highest FD and lower precision; shuffled labels ->
+label consistency near chance; copies -> lowest authenticity. The last table says, per metric, whether the
+ranking holds with CIs that separate.
+
+    .venv/bin/python bench/bench_fidelity.py [--n 300] [--size 128] [--bootstrap 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.alt_fundus import render as alt_render  # noqa: E402
+from bench.common import table  # noqa: E402
+from synfundus_guard.data.perturb import random_copy  # noqa: E402
+from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
+from synfundus_guard.embed.stats import StatsEmbedder  # noqa: E402
+from synfundus_guard.fidelity.metrics import fidelity_metrics  # noqa: E402
+from synfundus_guard.fidelity.utility import label_consistency, utility  # noqa: E402
+
+METRICS = ("fd", "kd", "precision", "recall", "density", "coverage", "authenticity")
+EXPECT = {  # defect -> (metric, the release that must be worst on it)
+    "collapse": [("coverage", "collapsed"), ("recall", "collapsed")],
+    "blur": [("fd", "blurred"), ("precision", "blurred")],
+    "copies": [("authenticity", "copies")],
+    "shuffled labels": [("label_consistency", "shuffled labels")],
+}
+
+
+def _phantoms(seed: int, patients: range, visits: int, size: int) -> tuple[list[np.ndarray], list[str], list[str]]:
+    imgs, grades, pids = [], [], []
+    for p in patients:
+        patient = PhantomPatient.from_seed(seed, p)
+        for v in range(visits):
+            img, lab = render_visit(patient, visit=v, size=size, seed=seed)
+            imgs.append(img)
+            grades.append(str(lab["dr_grade"]))
+            pids.append(f"{seed}-{p}")
+    return imgs, grades, pids
+
+
+def build(n: int, size: int) -> dict[str, dict]:
+    """Image sets and their dr_grade labels."""
+    visits = 2
+    sets = {}
+    for name, seed in (("train", 101), ("real", 202), ("diverse", 303)):
+        imgs, grades, pids = _phantoms(seed, range(n // visits), visits, size)
+        sets[name] = {"images": imgs, "labels": np.asarray(grades), "patients": np.asarray(pids)}
+    rng = np.random.default_rng(0)
+    collapsed, cgrades, _ = _phantoms(404, range(5), n // 5, size)
+    sets["collapsed"] = {"images": collapsed, "labels": np.asarray(cgrades)}
+    sets["blurred"] = {"images": [ndi.gaussian_filter(im, (1.5, 1.5, 0)) for im in sets["diverse"]["images"]],
+                       "labels": sets["diverse"]["labels"]}
+    shuffled = rng.permutation(sets["diverse"]["labels"])
+    sets["shuffled labels"] = {"images": sets["diverse"]["images"], "labels": shuffled}
+    picks = rng.choice(len(sets["train"]["images"]), n, replace=True)
+    sets["copies"] = {"images": [random_copy(sets["train"]["images"][i], rng, family="combined")[0] for i in picks],
+                      "labels": sets["train"]["labels"][picks]}
+    alt = [alt_render(505, i, 0, size) for i in range(n)]
+    sets["other renderer"] = {"images": alt, "labels": None}
+    return sets
+
+
+def _cell(m: dict) -> str:
+    return f"{m['point']:.3g} [{m['lower']:.3g}, {m['upper']:.3g}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--bootstrap", type=int, default=200)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    sets = build(args.n, args.size)
+    print(f"rendered {sum(len(s['images']) for s in sets.values())} images in {time.perf_counter() - t0:.0f} s")
+    emb = StatsEmbedder()
+    t0 = time.perf_counter()
+    feats = {name: emb.features(s["images"]) for name, s in sets.items()}
+    n_feat = sum(len(f) for f in feats.values())
+    print(f"features: {n_feat} images in {time.perf_counter() - t0:.0f} s ({n_feat / (time.perf_counter() - t0):.0f} "
+          f"img/s, one process, {args.size} px)")
+    real, train = feats["real"], feats["train"]
+    releases = ["diverse", "other renderer", "collapsed", "blurred", "shuffled labels", "copies"]
+    results: dict[str, dict] = {}
+    for name in releases:
+        m = fidelity_metrics(real, feats[name], train=train, n_boot=args.bootstrap, seed=0)
+        if sets[name]["labels"] is not None:
+            m["label_consistency"] = label_consistency(
+                real_x=train, real_y=sets["train"]["labels"], fake_x=feats[name], fake_y=sets[name]["labels"],
+                patients=sets["train"]["patients"], seed=0, n_boot=args.bootstrap)["synthetic"]["balanced_accuracy"]
+            tstr = utility(real_train_x=train, real_train_y=sets["train"]["labels"], real_test_x=real,
+                           real_test_y=sets["real"]["labels"], fake_x=feats[name], fake_y=sets[name]["labels"],
+                           seed=0, n_boot=args.bootstrap)
+            m["tstr_auroc"] = tstr["tstr"]
+        results[name] = m
+    cols = [*METRICS, "label_consistency", "tstr_auroc"]
+    table(f"Releases of {args.n} images vs {len(real)} real ({args.size} px, stats features, 95 % bootstrap CIs)",
+          ["release", *cols], [[name, *(_cell(results[name][c]) if c in results[name] else "-" for c in cols)]
+                               for name in releases])
+    rows = []
+    for defect, checks in EXPECT.items():
+        for metric, worst in checks:
+            higher = metric not in ("fd", "kd")
+            others = [r for r in releases if r != worst and metric in results[r] and r != "other renderer"]
+            w = results[worst][metric]
+            best_other = max(others, key=lambda r: results[r][metric]["point"]) if not higher else \
+                min(others, key=lambda r: results[r][metric]["point"])
+            holds = all((results[r][metric]["point"] > w["point"]) == higher for r in others)
+            o = results[best_other][metric]
+            separate = (o["lower"] > w["upper"]) if higher else (o["upper"] < w["lower"])
+            rows.append([defect, metric, worst, "yes" if holds else "NO", "yes" if separate else "no"])
+    table("Does each metric see its defect? (worst of all releases; CIs separate from the closest other)",
+          ["defect", "metric", "must be worst", "ranking holds", "CIs separate"], rows)
+
+
+if __name__ == "__main__":
+    main()
