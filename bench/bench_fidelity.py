@@ -12,11 +12,16 @@ Real data: phantom fundus photographs of patients the model never saw (``--real`
 * ``copies``: transformed copies of training photographs (memorization);
 * ``default model``: samples of the built-in default model against its own phantom holdout (at its 32 px).
 
-Expected: collapse -> lowest coverage and recall; blur -> highest FD and lower precision; shuffled labels ->
-label consistency near chance; copies -> lowest authenticity. The last table says, per metric, whether the
-ranking holds with CIs that separate.
+Expected, against the faithful ``diverse`` release: collapse -> lower coverage and recall; blur -> higher FD and
+lower precision; shuffled labels -> lower label consistency (towards chance); copies -> lower authenticity. The
+second table says, per metric, whether the ranking holds and whether the 95 % CIs separate. (Blur also ruins
+recall and coverage, more than collapse does: each defect is compared with the faithful release, not with the
+other defects.)
 
-    .venv/bin/python bench/bench_fidelity.py [--n 300] [--size 128] [--bootstrap 200]
+    .venv/bin/python bench/bench_fidelity.py [--n 300] [--size 128] [--bootstrap 200] [--default-model 100]
+    .venv/bin/python bench/bench_fidelity.py --speed 512     # feature extraction img/s at 256 px: 1 process vs all
+
+Numbers of each run are what that run measured; nothing here is a fitted threshold.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from synfundus_guard.fidelity.metrics import fidelity_metrics  # noqa: E402
 from synfundus_guard.fidelity.utility import label_consistency, utility  # noqa: E402
 
 METRICS = ("fd", "kd", "precision", "recall", "density", "coverage", "authenticity")
-EXPECT = {  # defect -> (metric, the release that must be worst on it)
+EXPECT = {  # defect -> (metric, the release that must be worse on it than the faithful "diverse" release)
     "collapse": [("coverage", "collapsed"), ("recall", "collapsed")],
     "blur": [("fd", "blurred"), ("precision", "blurred")],
     "copies": [("authenticity", "copies")],
@@ -82,6 +87,57 @@ def build(n: int, size: int) -> dict[str, dict]:
     return sets
 
 
+def speed(n: int) -> None:
+    """Feature extraction from PNG files at 256 px: one process (baseline) vs one per core."""
+    import os
+    import tempfile
+
+    from synfundus_guard.data.images import encode_png
+    from synfundus_guard.fidelity.extract import extract_features
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(n):
+            path = Path(tmp) / f"{i:05d}.png"
+            path.write_bytes(encode_png(render_visit(PhantomPatient.from_seed(7, i), visit=0, size=256)[0]))
+            paths.append(path)
+        rows, base = [], None
+        for workers in (1, os.cpu_count() or 1):
+            t0 = time.perf_counter()
+            extract_features(paths, workers=workers)
+            rate = n / (time.perf_counter() - t0)
+            base = base or rate
+            rows.append([workers, f"{rate:.0f}", f"{rate / base:.2f}x"])
+    table(f"stats features from {n} PNG files at 256 px (decode included; worker start-up included)",
+          ["processes", "img/s", "vs 1 process"], rows)
+
+
+def default_model(n: int, n_boot: int) -> None:
+    """The built-in default model's samples against its own phantom holdout and training split."""
+    from synfundus_guard.audit.runner import default_cache_dir
+    from synfundus_guard.data.images import load_image
+    from synfundus_guard.generation.default import training_data_dir
+    from synfundus_guard.generation.model import DEFAULT_MODEL_DIR, load_model
+    from synfundus_guard.generation.sample import sample_images
+
+    model = load_model(DEFAULT_MODEL_DIR)
+    data = training_data_dir(model, cache_dir=default_cache_dir())
+    emb = StatsEmbedder()
+    real = emb.features([load_image(data / f) for f in model.card.data.holdout_files])
+    train = emb.features([load_image(data / f) for f in model.card.data.train_files])
+    t0 = time.perf_counter()
+    samples = emb.features([s.image for s in sample_images(model, n=n, seed=0)])
+    print(f"default model: {n} samples in {time.perf_counter() - t0:.0f} s")
+    m = fidelity_metrics(real, samples, train=train, n_boot=n_boot, seed=0)
+    ref = fidelity_metrics(real, train[:n], n_boot=n_boot, seed=0)
+    table(f"Default model ({model.card.resolution} px) vs its "
+          f"phantom holdout ({len(real)} images); reference: its training images as a 'release'",
+          ["release", *METRICS], [["default model", *(_cell(m[c]) if c in m else "-" for c in METRICS)],
+                                  ["training images", *(_cell(ref[c]) if c in ref else "-" for c in METRICS)]])
+    for w in m["warnings"]:
+        print(f"warning: {w}")
+
+
 def _cell(m: dict) -> str:
     return f"{m['point']:.3g} [{m['lower']:.3g}, {m['upper']:.3g}]"
 
@@ -91,7 +147,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--speed", type=int, default=0, help="only measure feature extraction on this many files")
+    ap.add_argument("--default-model", type=int, default=100, help="samples of the built-in model (0: skip)")
     args = ap.parse_args()
+    if args.speed:
+        speed(args.speed)
+        return
     t0 = time.perf_counter()
     sets = build(args.n, args.size)
     print(f"rendered {sum(len(s['images']) for s in sets.values())} images in {time.perf_counter() - t0:.0f} s")
@@ -120,19 +181,19 @@ def main() -> None:
           ["release", *cols], [[name, *(_cell(results[name][c]) if c in results[name] else "-" for c in cols)]
                                for name in releases])
     rows = []
+    reference = results["diverse"]
     for defect, checks in EXPECT.items():
-        for metric, worst in checks:
+        for metric, worse in checks:
             higher = metric not in ("fd", "kd")
-            others = [r for r in releases if r != worst and metric in results[r] and r != "other renderer"]
-            w = results[worst][metric]
-            best_other = max(others, key=lambda r: results[r][metric]["point"]) if not higher else \
-                min(others, key=lambda r: results[r][metric]["point"])
-            holds = all((results[r][metric]["point"] > w["point"]) == higher for r in others)
-            o = results[best_other][metric]
-            separate = (o["lower"] > w["upper"]) if higher else (o["upper"] < w["lower"])
-            rows.append([defect, metric, worst, "yes" if holds else "NO", "yes" if separate else "no"])
-    table("Does each metric see its defect? (worst of all releases; CIs separate from the closest other)",
-          ["defect", "metric", "must be worst", "ranking holds", "CIs separate"], rows)
+            d, r = results[worse][metric], reference[metric]
+            holds = (d["point"] < r["point"]) if higher else (d["point"] > r["point"])
+            separate = (d["upper"] < r["lower"]) if higher else (d["lower"] > r["upper"])
+            rows.append([defect, metric, worse, _cell(d), _cell(r), "yes" if holds else "NO",
+                         "yes" if separate else "no"])
+    table("Does each metric see its defect? (the defective release against the faithful 'diverse' one)",
+          ["defect", "metric", "release", "its value", "diverse", "worse", "CIs separate"], rows)
+    if args.default_model:
+        default_model(args.default_model, args.bootstrap)
 
 
 if __name__ == "__main__":

@@ -57,15 +57,22 @@ def generate(
                                               "(default: OUT-quarantine beside the release)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Report folder: report.json and report.html "
                                           "(public), private/ (default: OUT-report beside the release)."),
+    select_confident: Optional[float] = typer.Option(
+        None, "--select-confident", metavar="P",
+        help="Release only samples whose --labels a classifier fitted on the model's training images confirms "
+             "with probability >= P (0 < P <= 1); unconfirmed ones are dropped, neither released nor quarantined. "
+             "Needs --labels."),
 ) -> None:
     """Generate N images that pass the policy's checks; rejected ones go to the quarantine with reasons.
 
-    Exit 0 when the release is complete, 1 when the policy stops it (rejection rate exceeded, DP required),
+    Exit 0 when the release is complete, 1 when the policy stops it (rejection rate exceeded, DP required, too
+    few samples confirmed by --select-confident),
     2 on bad input. Re-running the same command resumes an interrupted run.
     """
     from ..generation.model import DEFAULT_MODEL_DIR, load_model
     from ..generation.sample import resolve_labels
     from ..generation.sampler import default_report_dir, generate_release
+    from ..generation.select import ConfidentSelector
 
     if n < 1 or batch_size < 1 or steps < 1:
         raise fail_usage(f"--n, --batch-size and --steps must be at least 1 (got {n}, {batch_size}, {steps})")
@@ -74,15 +81,20 @@ def generate(
     loaded = load_model(model if model is not None else DEFAULT_MODEL_DIR)
     resolve_labels(loaded, wanted)  # a label the model cannot make is a usage error before any heavy work
     with RichProgressObserver() as progress:
+        selector = None if select_confident is None else ConfidentSelector.fit(
+            model=loaded, labels=list(wanted), threshold=select_confident, progress=progress)
         result = generate_release(model_dir=loaded.path, model=loaded, n=n, out_dir=out, quarantine_dir=quarantine,
                                   checks=lambda: build_checks(loaded.path, pol, progress), policy=pol, seed=seed,
                                   labels=wanted, batch_size=batch_size, steps=steps,
                                   report_dir=report if report is not None else default_report_dir(out),
-                                  progress=progress)
+                                  select=selector, progress=progress)
     console.print(result.message, highlight=False)
     if result.reasons:
         console.print("rejections by check: " + ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items())),
                       highlight=False)
+    if selector is not None:
+        typer.echo(f"not confirmed by the label classifier (--select-confident {selector.threshold:g}): "
+                   f"{result.unselected} sample(s), neither released nor quarantined")
     if result.manifest is not None:
         typer.echo(f"release: {result.release_dir}  manifest: {result.manifest}")
     if result.rejected:

@@ -9,6 +9,11 @@ the policy's limit: a memorizing model must not be able to grind out a release b
 
 Image ``i`` depends only on ``(seed, i)``; the writer's journal records the next index after each batch, so a
 run killed at any moment and started again regenerates exactly the samples it had not committed.
+
+With a :class:`~.select.ConfidentSelector` (``--select-confident``), passing samples whose conditioning labels a
+real-data classifier does not confirm are neither released nor quarantined (they are no leak) and never count
+towards the rejection rate; the journal's ``next_index`` covers them, and :func:`.select.exhausted` stops a run
+whose classifier confirms too few (status ``DRAW_LIMIT``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ..results import ImageResult
 from ..release.writer import ReleaseWriter, WriterState
 from .model import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .sample import DEFAULT_STEPS, Sample, resolve_labels, sample_batch
+from .select import ConfidentSelector, exhausted, limit_message, unselected_count
 
 ChecksOrFactory = Union[Sequence[Check], Callable[[], Sequence[Check]]]
 """The checks, or a function building them (called only once the release folder is known to be usable)."""
@@ -48,7 +54,8 @@ class GenerateStatus(str, enum.Enum):
     REJECTION_RATE_EXCEEDED = "rejection_rate_exceeded"
     """Too many samples failed the checks; the release is left unfinished (no manifest)."""
     DRAW_LIMIT = "draw_limit"
-    """The hard draw limit was reached before ``n`` images passed; the release is left unfinished."""
+    """The hard draw limit was reached before ``n`` images passed (or, with ``--select-confident``, too many
+    samples went unconfirmed); the release is left unfinished."""
     REFUSED = "refused"
     """The policy refuses the model itself (DP required, ε too large); nothing was sampled."""
 
@@ -82,6 +89,9 @@ class GenerateResult:
     """Sample index this call started from (0 for a fresh run)."""
     report_dir: Path | None = None
     """Where the run's report pages were written (None when none was asked for, or the policy refused)."""
+    unselected: int = 0
+    """Samples (whole run) that passed every check but whose labels the selector did not confirm: neither
+    released nor quarantined, and not in :attr:`drawn` nor the rejection rate."""
 
     @property
     def rejection_rate(self) -> float:
@@ -137,17 +147,28 @@ def _judge(samples: Sequence[Sample], checks: Sequence[Check], policy: Policy) -
             for s, c, findings in zip(samples, cands, run_checks(checks, cands))]
 
 
-def _route(judged: Sequence[_Judged], room: int, fingerprint: str) -> tuple[list, list, Counter]:
+def _unconfirmed(judged: Sequence[_Judged], select: ConfidentSelector | None) -> set[int]:
+    """Indices of the passing samples whose labels ``select`` does not confirm (none without a selector)."""
+    passing = [j.sample for j in judged if j.verdict.verdict == "pass"]
+    if select is None or not passing:
+        return set()
+    return {s.index for s, keep in zip(passing, select.keep(passing)) if not keep}
+
+
+def _route(judged: Sequence[_Judged], room: int, fingerprint: str,
+           select: ConfidentSelector | None = None) -> tuple[list, list, Counter]:
     """(accepted, rejected, rejections per check) for the writer; at most ``room`` passing images are kept.
 
-    Passing samples beyond ``room`` (the end of the last batch) are neither released nor quarantined.
+    Passing samples beyond ``room`` (the end of the last batch), or not confirmed by ``select``, are neither
+    released nor quarantined.
     """
     accepted, rejected, why = [], [], Counter()
+    unconfirmed = _unconfirmed(judged, select)
     for j in judged:
         s, v = j.sample, j.verdict
         base = {"index": s.index, "seed": s.seed, "labels": s.labels, "scores": v.scores}
         if v.verdict == "pass":
-            if len(accepted) < room:
+            if len(accepted) < room and s.index not in unconfirmed:
                 accepted.append((v.file_name, j.png, {**base, "model": fingerprint, "warnings": list(v.warnings)}))
             continue
         rejected.append((v.file_name, j.png, {**base, "reasons": list(v.reasons), "evidence": _jsonable(j.private)}))
@@ -226,20 +247,25 @@ def _materialize(checks: ChecksOrFactory, policy: Policy, progress: Progress) ->
     return built
 
 
-def _stop_reason(state: WriterState, n: int, gp: GenerationPolicy) -> GenerateStatus | None:
-    """Why sampling must stop now (None: go on)."""
+def _stop_reason(state: WriterState, n: int, gp: GenerationPolicy, select: bool = False) -> GenerateStatus | None:
+    """Why sampling must stop now (None: go on); ``select``: a selector drops unconfirmed samples."""
     if state.finalized or state.accepted >= n:
         return GenerateStatus.COMPLETE
     drawn = state.accepted + state.quarantined
     if drawn >= gp.min_samples_before_stop and state.quarantined / drawn > gp.max_rejection_rate:
         return GenerateStatus.REJECTION_RATE_EXCEEDED
-    if state.next_index >= DRAW_LIMIT_FACTOR * n + gp.min_samples_before_stop:
+    if state.next_index >= DRAW_LIMIT_FACTOR * n + gp.min_samples_before_stop or (
+            select and exhausted(unselected=state.next_index - drawn, n=n, warmup=gp.min_samples_before_stop)):
         return GenerateStatus.DRAW_LIMIT
     return None
 
 
-def _message(status: GenerateStatus, state: WriterState, n: int, gp: GenerationPolicy) -> str:
+def _message(status: GenerateStatus, state: WriterState, n: int, gp: GenerationPolicy,
+             select: ConfidentSelector | None = None, unselected: int = 0) -> str:
     drawn = state.accepted + state.quarantined
+    if (status is GenerateStatus.DRAW_LIMIT and select is not None
+            and exhausted(unselected=unselected, n=n, warmup=gp.min_samples_before_stop)):
+        return limit_message(select, accepted=state.accepted, unselected=unselected, n=n)
     rate = state.quarantined / drawn if drawn else 0.0
     if status is GenerateStatus.COMPLETE:
         return f"released {state.accepted} images ({state.quarantined} quarantined, rejection rate {rate:.1%})"
@@ -287,6 +313,14 @@ def _train_dir(model: LoadedModel) -> Path | None:
         return None
 
 
+def _unselected(writer: ReleaseWriter, state: WriterState, status: GenerateStatus) -> int:
+    """Unconfirmed samples of the whole run, from the committed indices (:func:`.select.unselected_count`)."""
+    accepted = [int(e["index"]) for e in writer.accepted_entries().values()]
+    quarantined = [int(r["index"]) for r in writer.quarantine_rows() if "index" in r]
+    return unselected_count(accepted=accepted, quarantined=quarantined, next_index=state.next_index,
+                            complete=status is GenerateStatus.COMPLETE)
+
+
 def default_report_dir(release_dir: Path) -> Path:
     """``RELEASE-report`` beside the release."""
     release_dir = Path(release_dir)
@@ -296,13 +330,15 @@ def default_report_dir(release_dir: Path) -> Path:
 def generate_release(*, model_dir: Path | None, n: int, out_dir: Path, quarantine_dir: Path | None = None,
                      checks: ChecksOrFactory, policy: Policy, seed: int = 0, labels: Mapping[str, str] | None = None,
                      batch_size: int = 16, steps: int = DEFAULT_STEPS, model: LoadedModel | None = None,
-                     report_dir: Path | None = None, progress: Progress = NULL_PROGRESS) -> GenerateResult:
+                     report_dir: Path | None = None, select: ConfidentSelector | None = None,
+                     progress: Progress = NULL_PROGRESS) -> GenerateResult:
     """Sample from the model until ``n`` images pass ``checks`` under ``policy``; see the module docstring.
 
     ``model_dir`` None means the built-in default model; an already loaded ``model`` may be passed instead.
     ``checks`` may be a function that builds them (index, calibration): it is called only after the output
     folder was found usable and the release is not already finished, so bad input fails fast.
-    ``report_dir``: where the run's report pages go (:mod:`.report`; None writes none).
+    ``report_dir``: where the run's report pages go (:mod:`.report`; None writes none). ``select``: release only
+    samples whose labels it confirms (:mod:`.select`); it is part of the run's identity and of the manifest.
     Re-running with the same arguments resumes an interrupted run, or returns the finished release. Raises
     :class:`InputError` for ``n``/``batch_size``/``steps`` below 1 or an output folder holding a different
     release, and :class:`ModelError` for a missing or unusable model or labels it cannot generate.
@@ -326,6 +362,8 @@ def generate_release(*, model_dir: Path | None, n: int, out_dir: Path, quarantin
                   "sampler": "DDIM eta=0, trailing timesteps"}
     # The checks are not part of the run identity: they follow from the policy and the model's training data.
     run_config = {"model": model.fingerprint, "policy": policy.fingerprint(), "generation": generation}
+    if select is not None:  # absent otherwise, so releases made without selection keep their config hash
+        run_config["selection"] = select.fingerprint()
     t0 = time.perf_counter()
     why: Counter = Counter()
     manifest = None
@@ -345,23 +383,27 @@ def generate_release(*, model_dir: Path | None, n: int, out_dir: Path, quarantin
         try:
             with progress.task("Generating (accepted images)", total=n) as task:
                 task.advance(state.accepted)
-                while (status := _stop_reason(state, n, gp)) is None:
+                while (status := _stop_reason(state, n, gp, select is not None)) is None:
                     judged, end = pipe.next_batch(n - state.accepted)
-                    accepted, rejected, batch_why = _route(judged, n - state.accepted, model.fingerprint)
+                    accepted, rejected, batch_why = _route(judged, n - state.accepted, model.fingerprint, select)
                     why.update(batch_why)
                     state = writer.commit_batch(accepted, rejected, end)
                     task.advance(len(accepted))
         finally:
             pipe.close()
+        unselected = _unselected(writer, state, status) if select is not None else 0
         if status is GenerateStatus.COMPLETE:
+            selection = {"selection": {**select.fingerprint(), "kept": state.accepted, "dropped": unselected}
+                         } if select is not None else {}
             manifest = writer.finalize({"model": info, "policy": policy.fingerprint(), "generation": generation,
-                                        "checks": [c.fingerprint() for c in active]})
+                                        "checks": [c.fingerprint() for c in active], **selection})
             state = writer.state
+        message = _message(status, state, n, gp, select, unselected)
         if report_dir is not None:
             progress.log("rendering the report pages")
             _write_report(Path(report_dir), writer, model, policy, [c.fingerprint() for c in active],
-                          passed=status.passed, message=_message(status, state, n, gp))
-    return GenerateResult(status=status, message=_message(status, state, n, gp), accepted=state.accepted,
+                          passed=status.passed, message=message)
+    return GenerateResult(status=status, message=message, accepted=state.accepted, unselected=unselected,
                           rejected=state.quarantined, drawn=state.accepted + state.quarantined, manifest=manifest,
                           reasons=dict(why), seconds=time.perf_counter() - t0, resumed_at=start,
                           report_dir=Path(report_dir) if report_dir is not None else None, **common)
