@@ -26,7 +26,7 @@ _WORKER: dict = {}
 
 
 def _init(spec: str, worker: bool = True) -> None:
-    if worker:  # a spawned worker uses one thread; the calling process keeps its own settings
+    if worker and spec != DEFAULT_FEATURES:  # a spawned worker running a torch model uses one thread each
         from ..audit.workers import limit_threads
 
         limit_threads()

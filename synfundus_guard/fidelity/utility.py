@@ -316,4 +316,22 @@ def confident_mask(*, classifier: Pipeline, x: Any, y: Any, threshold: float) ->
     if not hasattr(classifier, "classes_") or not hasattr(classifier, "n_features_in_"):
         raise InputError("the label classifier is not fitted (use fit_label_classifier)")
     x, codes = _other("synthetic", x, y, classifier.n_features_in_, np.asarray(classifier.classes_))
-    return classifier.predict_proba(x)[np.arange(x.shape[0]), codes] >= threshold
+    return _log_proba(classifier, x)[np.arange(x.shape[0]), codes] >= np.log(threshold) if threshold > 0 else \
+        np.ones(x.shape[0], dtype=bool)
+
+
+def _log_proba(classifier: Pipeline, x: np.ndarray) -> np.ndarray:
+    """Log class probabilities from the decision values, exact where ``predict_proba`` saturates.
+
+    ``log p_k = -log1p(sum_{j != k} exp(z_j - z_k))``: a sample 40 logits into one class has probability
+    ``1 - 4e-18``, which ``predict_proba`` rounds to exactly 1.0; here it stays below 0 in log space, so a
+    threshold of 1.0 (certainty) confirms nothing.
+    """
+    z = np.asarray(classifier.decision_function(x), dtype=np.float64)
+    if z.ndim == 1:  # binary: the decision value is the logit of classes_[1]
+        z = np.stack([np.zeros_like(z), z], axis=1)
+    diff = z[:, None, :] - z[:, :, None]  # [n, k, j] = z_j - z_k
+    k = z.shape[1]
+    diff[:, np.arange(k), np.arange(k)] = -np.inf  # leave out j == k (summing exp(0) = 1 would drown 1e-18)
+    with np.errstate(over="ignore"):
+        return -np.log1p(np.exp(diff).sum(axis=2))
