@@ -8,7 +8,7 @@ Real data: phantom fundus photographs of patients the model never saw (``--real`
   domain shift that fidelity metrics should see;
 * ``collapsed``: many photographs of only 5 patients (mode collapse);
 * ``blurred``: the diverse set blurred (Gaussian, sigma 1.5 px at 128 px);
-* ``shuffled labels``: the diverse set with its dr_grade labels permuted;
+* ``shuffled labels``: the diverse set with its labels (``--label``, default dr_grade) permuted;
 * ``copies``: transformed copies of training photographs (memorization);
 * ``default model``: samples of the built-in default model against its own phantom holdout (at its 32 px).
 
@@ -53,27 +53,28 @@ EXPECT = {  # defect -> (metric, the release that must be worse on it than the f
 }
 
 
-def _phantoms(seed: int, patients: range, visits: int, size: int) -> tuple[list[np.ndarray], list[str], list[str]]:
+def _phantoms(seed: int, patients: range, visits: int, size: int,
+              label: str) -> tuple[list[np.ndarray], list[str], list[str]]:
     imgs, grades, pids = [], [], []
     for p in patients:
         patient = PhantomPatient.from_seed(seed, p)
         for v in range(visits):
             img, lab = render_visit(patient, visit=v, size=size, seed=seed)
             imgs.append(img)
-            grades.append(str(lab["dr_grade"]))
+            grades.append(str(lab[label]))
             pids.append(f"{seed}-{p}")
     return imgs, grades, pids
 
 
-def build(n: int, size: int) -> dict[str, dict]:
-    """Image sets and their dr_grade labels."""
+def build(n: int, size: int, label: str) -> dict[str, dict]:
+    """Image sets and their ``label`` labels."""
     visits = 2
     sets = {}
     for name, seed in (("train", 101), ("real", 202), ("diverse", 303)):
-        imgs, grades, pids = _phantoms(seed, range(n // visits), visits, size)
+        imgs, grades, pids = _phantoms(seed, range(n // visits), visits, size, label)
         sets[name] = {"images": imgs, "labels": np.asarray(grades), "patients": np.asarray(pids)}
     rng = np.random.default_rng(0)
-    collapsed, cgrades, _ = _phantoms(404, range(5), n // 5, size)
+    collapsed, cgrades, _ = _phantoms(404, range(5), n // 5, size, label)
     sets["collapsed"] = {"images": collapsed, "labels": np.asarray(cgrades)}
     sets["blurred"] = {"images": [ndi.gaussian_filter(im, (1.5, 1.5, 0)) for im in sets["diverse"]["images"]],
                        "labels": sets["diverse"]["labels"]}
@@ -147,6 +148,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--label", default="dr_grade", choices=("dr_grade", "amd", "glaucoma_suspect"),
+                    help="the conditioning label of the label-consistency and utility columns")
     ap.add_argument("--speed", type=int, default=0, help="only measure feature extraction on this many files")
     ap.add_argument("--default-model", type=int, default=100, help="samples of the built-in model (0: skip)")
     args = ap.parse_args()
@@ -154,7 +157,7 @@ def main() -> None:
         speed(args.speed)
         return
     t0 = time.perf_counter()
-    sets = build(args.n, args.size)
+    sets = build(args.n, args.size, args.label)
     print(f"rendered {sum(len(s['images']) for s in sets.values())} images in {time.perf_counter() - t0:.0f} s")
     emb = StatsEmbedder()
     t0 = time.perf_counter()
@@ -177,7 +180,8 @@ def main() -> None:
             m["tstr_auroc"] = tstr["tstr"]
         results[name] = m
     cols = [*METRICS, "label_consistency", "tstr_auroc"]
-    table(f"Releases of {args.n} images vs {len(real)} real ({args.size} px, stats features, 95 % bootstrap CIs)",
+    table(f"Releases of {args.n} images vs {len(real)} real ({args.size} px, stats features, label {args.label}, "
+          "95 % bootstrap CIs)",
           ["release", *cols], [[name, *(_cell(results[name][c]) if c in results[name] else "-" for c in cols)]
                                for name in releases])
     rows = []

@@ -2,7 +2,8 @@
 
 One rule per per-image check (``SFG-MEMORIZATION``, ``SFG-FACES``...) and per release-level check
 (``SFG-RELEASE-MEMBERSHIP-AUC``...). One result per flagged image per flagged check, located at the image's
-release-relative path (``uriBaseId`` ``RELEASE``), with the check's public scores; plus one result without a
+release-relative path (``uriBaseId`` ``RELEASE``; a name that would point outside the release, possible only in
+a hand-edited report, gets no location), with the check's public scores and the file name; plus one result without a
 location per release-level violation. Like the public report, nothing here names a training image.
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import __version__
+from ..errors import GuardError
+from ..fsutil import safe_relpath
 from ..policies.evaluate import IMAGE_CHECKS, blocks
 from ..results import PASS, ImageResult, ReleaseCheck, ReleaseVerdict, Report, Status
 from ._text import lines_by_check, scores_of
@@ -56,7 +59,12 @@ def _rules(report: Report, verdict: ReleaseVerdict) -> list[dict[str, Any]]:
 
 def _image_results(img: ImageResult, verdict: ReleaseVerdict, index: dict[str, int]) -> list[dict[str, Any]]:
     lines = lines_by_check(img)
-    uri = quote(img.file_name, safe="/", errors="surrogateescape")
+    try:  # a name from a hand-edited report that would point outside the release is not shown as a location
+        safe_relpath(img.file_name)
+        uri = quote(img.file_name, safe="/", errors="surrogateescape")
+        where = [{"physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": URI_BASE}}}]
+    except GuardError:
+        where = []
     out = []
     for check, status in img.checks.items():
         if status == PASS:
@@ -66,11 +74,9 @@ def _image_results(img: ImageResult, verdict: ReleaseVerdict, index: dict[str, i
         scores = scores_of(img, check) or dict(img.scores)
         text = "; ".join(lines.get(check, [])) or f"{check}: {status}"
         rule_id = _image_rule_id(check)
-        out.append({
-            "ruleId": rule_id, "ruleIndex": index[rule_id], "level": level, "message": {"text": text},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": URI_BASE}}}],
-            "properties": {"scores": scores, "status": status},
-        })
+        result = {"ruleId": rule_id, "ruleIndex": index[rule_id], "level": level, "message": {"text": text},
+                  "properties": {"scores": scores, "status": status, "file_name": img.file_name}}
+        out.append({**result, "locations": where} if where else result)
     return out
 
 
