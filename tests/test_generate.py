@@ -27,9 +27,9 @@ from synfundus_guard.generation.sampler import (GenerateStatus, default_quaranti
                                                 generate_release)
 from synfundus_guard.generation.train import train_model
 from synfundus_guard.policies.schema import FilterPolicy, GenerationPolicy, IdentityPolicy, Policy
-from synfundus_guard.progress import Progress, ProgressTask
 from synfundus_guard.release.manifest import read_manifest, verify_release
 from synfundus_guard.release.writer import REASONS_NAME
+from tests.interrupt import StopAfterBatches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -263,31 +263,13 @@ def test_checks_in_turn_or_beside_sampling_give_the_same_release(model_dir: Path
     assert sampler.sampling_leaves_cpu_free(model) == (cores > torch.get_num_threads())
 
 
-class _StopAfterBatches(Progress):
-    def __init__(self, batches: int) -> None:
-        self.batches = batches
-
-    def task(self, description: str, total: int | None = None) -> ProgressTask:
-        outer = self
-
-        class _Task(ProgressTask):
-            calls = 0
-
-            def advance(self, k: int = 1) -> None:
-                self.calls += 1
-                if description.startswith("Generating") and self.calls > outer.batches:  # first call: resume point
-                    raise KeyboardInterrupt
-
-        return _Task()
-
-
 def test_interrupted_release_resumes_to_the_same_result(model_dir: Path, median_threshold: float,
                                                         tmp_path: Path) -> None:
     kw = dict(model_dir=model_dir, n=5, checks=[BrightnessCheck(median_threshold)], policy=LENIENT, seed=1,
               batch_size=4, steps=3)
     generate_release(out_dir=tmp_path / "straight", **kw)
     with pytest.raises(KeyboardInterrupt):
-        generate_release(out_dir=tmp_path / "cut", progress=_StopAfterBatches(1), **kw)
+        generate_release(out_dir=tmp_path / "cut", progress=StopAfterBatches(1), **kw)
     assert not (tmp_path / "cut" / "manifest.json").exists()
     res = generate_release(out_dir=tmp_path / "cut", **kw)
     assert res.resumed_at == 4 and res.status is GenerateStatus.COMPLETE

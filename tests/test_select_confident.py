@@ -31,8 +31,8 @@ from synfundus_guard.generation.select import (UNSELECTED_LIMIT_FACTOR, Confiden
                                                unselected_count)
 from synfundus_guard.generation.train import train_model
 from synfundus_guard.policies.schema import FilterPolicy, GenerationPolicy, IdentityPolicy, Policy
-from synfundus_guard.progress import Progress, ProgressTask
 from synfundus_guard.release.manifest import read_manifest, verify_release
+from tests.interrupt import StopAfterBatches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -175,24 +175,6 @@ def test_threshold_one_stops_the_run_without_a_release(eye_dir: Path, selector: 
     assert again.status is GenerateStatus.DRAW_LIMIT and again.unselected == limit and again.resumed_at == limit
 
 
-class _StopAfterBatches(Progress):
-    def __init__(self, batches: int) -> None:
-        self.batches = batches
-
-    def task(self, description: str, total: int | None = None) -> ProgressTask:
-        outer = self
-
-        class _Task(ProgressTask):
-            calls = 0
-
-            def advance(self, k: int = 1) -> None:
-                self.calls += 1
-                if description.startswith("Generating") and self.calls > outer.batches:  # first call: resume point
-                    raise KeyboardInterrupt
-
-        return _Task()
-
-
 def test_interrupted_selected_release_resumes_to_the_same_result(eye_dir: Path, selector: ConfidentSelector,
                                                                  reference: dict, tmp_path: Path) -> None:
     threshold = 0.999
@@ -205,7 +187,7 @@ def test_interrupted_selected_release_resumes_to_the_same_result(eye_dir: Path, 
               select=dataclasses.replace(selector, threshold=threshold), **RUN)
     straight = generate_release(out_dir=tmp_path / "straight", **kw)
     with pytest.raises(KeyboardInterrupt):
-        generate_release(out_dir=tmp_path / "cut", progress=_StopAfterBatches(2), **kw)
+        generate_release(out_dir=tmp_path / "cut", progress=StopAfterBatches(2), **kw)
     res = generate_release(out_dir=tmp_path / "cut", **kw)
     assert res.resumed_at == 8 and res.status is GenerateStatus.COMPLETE
     assert res.unselected == straight.unselected == unselected > cut_unselected
