@@ -348,6 +348,9 @@ def test_cli_generate_release_and_dp_policy(model_dir: Path, tmp_path: Path) -> 
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "rel")])
     assert res.exit_code == 0, res.output
     assert "released 2 images" in res.output and verify_release(tmp_path / "rel").ok
+    page = json.loads((tmp_path / "rel-report" / "report.json").read_text())  # the run's report, beside it
+    assert page["release"]["kind"] == "guarded generation" and page["calibration"]["embedding_sim"]["hist"]["counts"]
+    assert "holdout: new patients" in (tmp_path / "rel-report" / "report.html").read_text()
     again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "rel")])
     assert again.exit_code == 0, "re-running a finished release is a no-op"
     line = _one_line_error([*args[:-4], "--seed", "5", "--policy", str(mechanics), "--out", str(tmp_path / "rel")])

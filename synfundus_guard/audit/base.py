@@ -24,6 +24,9 @@ class Check(abc.ABC):
     """A per-image check. Subclasses set ``name`` and implement :meth:`check_batch`."""
 
     name: str = "check"
+    calibration: dict[str, Any] = {}
+    """Public summary of the holdout calibration its thresholds come from (set by the runner; report pages plot
+    the holdout histograms in it). Empty for checks with fixed thresholds."""
 
     @abc.abstractmethod
     def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:

@@ -40,8 +40,11 @@ def _rejected(row: Mapping[str, Any], checks: Sequence[str]) -> ImageResult:
 
 def generation_report(*, accepted: Mapping[str, Mapping[str, Any]], rejected: Sequence[Mapping[str, Any]],
                       policy: Policy, check_fingerprints: list[dict[str, Any]], release_name: str, passed: bool,
-                      message: str) -> tuple[Report, ReleaseVerdict]:
-    """The run as a report and a verdict (pure): released images pass, quarantined ones fail with reasons."""
+                      message: str, calibration: Mapping[str, Any] | None = None) -> tuple[Report, ReleaseVerdict]:
+    """The run as a report and a verdict (pure): released images pass, quarantined ones fail with reasons.
+
+    ``calibration``: the holdout summary of the checks' thresholds (the page plots its histograms).
+    """
     checks = [str(c.get("name")) for c in check_fingerprints]
     images = sorted([_accepted(n, e, checks) for n, e in accepted.items()] + [_rejected(r, checks) for r in rejected],
                     key=lambda img: img.file_name)
@@ -57,6 +60,7 @@ def generation_report(*, accepted: Mapping[str, Mapping[str, Any]], rejected: Se
                              actions=actions_of(policy))
     report = Report(policy=policy.fingerprint(), embedder={}, images=images, verdict=verdict.verdict,
                     summary=summarize(images), checks=check_fingerprints, violations=list(verdict.violations),
+                    calibration=dict(calibration or {}),
                     release={"name": release_name, "n_images": len(accepted), "kind": "guarded generation"})
     return report, verdict
 

@@ -287,13 +287,15 @@ def _check_report_dir(report_dir: Path, out_dir: Path, quarantine_dir: Path) -> 
 
 
 def _write_report(report_dir: Path, writer: ReleaseWriter, model: LoadedModel, policy: Policy,
-                  fingerprints: list[dict[str, Any]], *, passed: bool, message: str) -> None:
+                  checks: Sequence[Check], *, passed: bool, message: str) -> None:
     from .report import generation_report, write_generation_report
 
     rows = writer.quarantine_rows()
+    calibration = next((c.calibration for c in checks if c.calibration), {})  # holdout histograms, where any
     report, verdict = generation_report(accepted=writer.accepted_entries(), rejected=rows, policy=policy,
-                                        check_fingerprints=fingerprints, release_name=writer.release_dir.name,
-                                        passed=passed, message=message)
+                                        check_fingerprints=[c.fingerprint() for c in checks],
+                                        release_name=writer.release_dir.name, passed=passed, message=message,
+                                        calibration=calibration)
     evidence = {str(r["file_name"]): r.get("evidence", {}) for r in rows}
     write_generation_report(report_dir, report, verdict, release_dir=writer.release_dir,
                             quarantine_dir=writer.quarantine_dir, evidence=evidence, train_dir=_train_dir(model))
@@ -401,8 +403,7 @@ def generate_release(*, model_dir: Path | None, n: int, out_dir: Path, quarantin
         message = _message(status, state, n, gp, select, unselected)
         if report_dir is not None:
             progress.log("rendering the report pages")
-            _write_report(Path(report_dir), writer, model, policy, [c.fingerprint() for c in active],
-                          passed=status.passed, message=message)
+            _write_report(Path(report_dir), writer, model, policy, active, passed=status.passed, message=message)
     return GenerateResult(status=status, message=message, accepted=state.accepted, unselected=unselected,
                           rejected=state.quarantined, drawn=state.accepted + state.quarantined, manifest=manifest,
                           reasons=dict(why), seconds=time.perf_counter() - t0, resumed_at=start,
