@@ -129,3 +129,25 @@ def test_audit_evaluate_puts_fidelity_in_the_report_and_its_page(sets, tmp_path)
     assert fidelity["metrics"]["higher_is_better"]["coverage"] is True and "amd" in fidelity["labels"]
     assert not [v for v in report["violations"] if v.startswith(("coverage", "recall"))]
     assert "Fidelity against real images" in (out / "report.html").read_text()
+
+
+def test_torchvision_features_from_a_local_checkpoint(sets, tmp_path, capsys):
+    """``--features torchvision:ARCH:CKPT`` loads a real torchvision network from a local state_dict file (random
+    weights here: no weights can be downloaded), its fingerprint names the file's hash; a bad file is exit 2."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
+    out = tmp_path / "tv"
+    assert _evaluate(sets, "diverse", out, "--features", f"torchvision:resnet18:{ckpt}", "--bootstrap", "0") == 0
+    doc = json.loads((out / "fidelity.json").read_text())
+    assert doc["features"]["fingerprint"].startswith("torchvision:resnet18:sha256:") and doc["features"]["dim"] == 512
+    assert doc["metrics"]["coverage"]["lower"] is None and 0 <= doc["metrics"]["coverage"]["point"] <= 1
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert _evaluate(sets, "diverse", tmp_path / "tv2", "--features", f"torchvision:resnet18:{bad}") == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "cannot load torchvision resnet18" in err

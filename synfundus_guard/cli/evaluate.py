@@ -28,8 +28,8 @@ def evaluate(
     train: Optional[Path] = typer.Option(None, "--train", help="The model's training images (private): "
                                          "authenticity, and the real training set of the utility test."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Label columns to test, e.g. dr_grade,amd."),
-    features: str = typer.Option("stats", "--features", help="Feature extractor: 'stats' (built in, no weights) "
-                                 "or openclip:ARCH:CHECKPOINT_PATH."),
+    features: str = typer.Option("stats", "--features", help="Feature extractor: 'stats' (built in, no weights), "
+                                 "torchvision:ARCH:CHECKPOINT_PATH or openclip:ARCH:CHECKPOINT_PATH."),
     bootstrap: int = typer.Option(200, "--bootstrap", min=0, max=10000, help="Bootstrap resamples for the CIs."),
     workers: int = typer.Option(0, "--workers", min=0, max=1024, help="Feature processes (0: one per core)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and the classifiers."),

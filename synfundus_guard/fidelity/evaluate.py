@@ -36,7 +36,8 @@ class EvaluateOptions:
     """How to evaluate (every field has a sensible default)."""
 
     features: str = DEFAULT_FEATURES
-    """Extractor spec: ``stats`` (built in, no weights) or ``openclip:ARCH:CHECKPOINT``."""
+    """Extractor spec: ``stats`` (built in, no weights), ``torchvision:ARCH:CHECKPOINT`` or
+    ``openclip:ARCH:CHECKPOINT`` (local weight files)."""
     labels: tuple[str, ...] = ()
     """Label columns to test (release ``metadata.jsonl`` labels against the real ``labels.csv``)."""
     k: int = 5
