@@ -129,3 +129,11 @@ def test_html_plots_membership_roc_curves_with_hostile_attack_names():
     body = page.split("<h2>Membership inference</h2>")[1]
     assert body.count("<svg") == 1 and "<script>" not in page and "&lt;script&gt;" in body
     assert "0.700 [0.600, 0.800]" in body and "50 / 40" in body and "a &lt;b&gt; note" in body
+
+
+def test_markdown_summarises_fidelity_when_the_report_has_it():
+    view = _view()
+    view.report.release_checks["fidelity"] = {"metrics": {"coverage": {"point": 0.93, "lower": 0.9, "upper": 0.95},
+                                                           "warnings": []}}
+    text = get_format("markdown").render(view).decode("utf-8")
+    assert "Fidelity against real images: coverage 0.93" in text

@@ -32,6 +32,16 @@ def _images(view: ReportView) -> list[str]:
     return out
 
 
+def _fidelity(view: ReportView) -> list[str]:
+    section = view.report.release_checks.get("fidelity")
+    metrics = section.get("metrics") if isinstance(section, dict) else None
+    if not isinstance(metrics, dict):
+        return []
+    cells = [f"{md_text(k)} {v['point']:.3g}" for k, v in metrics.items()
+             if isinstance(v, dict) and isinstance(v.get("point"), (int, float))]
+    return ["", "Fidelity against real images: " + ", ".join(cells)] if cells else []
+
+
 def to_markdown(view: ReportView) -> str:
     """The summary as Markdown text."""
     v = view.verdict
@@ -45,6 +55,7 @@ def to_markdown(view: ReportView) -> str:
     flags = Counter(check for img in view.report.images for check in flagged_checks(img))
     if flags:
         out += ["", "Flags by check: " + ", ".join(f"{md_text(k)} {n}" for k, n in sorted(flags.items()))]
+    out += _fidelity(view)
     out += _images(view)
     if v.notes:
         out += ["", "<details><summary>Notes</summary>", ""] + [f"- {md_text(n)}" for n in v.notes]
