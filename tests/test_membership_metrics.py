@@ -11,7 +11,8 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from synfundus_guard.audit.membership.evaluation import (evaluate_attack, group_means, membership_sections,
                                                          orient_scores, patient_folds)
-from synfundus_guard.audit.membership.metrics import (METRICS, auc, balanced_accuracy, interval, point_metrics,
+from synfundus_guard.intervals import interval
+from synfundus_guard.audit.membership.metrics import (METRICS, auc, balanced_accuracy, point_metrics,
                                                       roc_curve, roc_series, tpr_at_fpr)
 from synfundus_guard.errors import CheckError
 from synfundus_guard.policies.evaluate import evaluate_release

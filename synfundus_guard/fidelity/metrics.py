@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from ..intervals import interval
 from ..progress import NULL_PROGRESS, Progress
 from ._knn import ball_counts, kth_radius, knn
 
@@ -177,14 +178,8 @@ def authenticity(train: object, fake: object) -> float:
     return float(_authentic_flags(t, f).mean())
 
 
-def _interval(point: float, reps: list[float]) -> dict[str, float | None]:
-    reps = [x for x in reps if np.isfinite(x)]
-    if not reps:
-        return {"point": point, "lower": None, "upper": None}
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    # FD's small-sample bias grows on a resample (duplicates), so its percentile interval can miss the point
-    # estimate; as for the membership metrics, the interval is widened to include it (the conservative reading).
-    return {"point": point, "lower": float(min(lo, point)), "upper": float(max(hi, point))}
+def _ci(point: float, reps: list[float]) -> dict[str, float | None]:
+    return interval(point, reps, digits=None)  # widened to include the point: see synfundus_guard.intervals
 
 
 def _warnings(n_real: int, n_fake: int, dim: int, m: int) -> list[str]:
@@ -236,8 +231,8 @@ def fidelity_metrics(real: object, fake: object, *, train: object | None = None,
             for name, v in flags.items():
                 reps[name].append(float(v @ (cr if name in ("recall", "coverage") else cf)) / len(v))
             task.advance()
-    out: dict = {"fd": _interval(fd, reps["fd"]), "kd": _interval(float(kd.mean()), reps["kd"])}
-    out.update({name: _interval(float(v.mean()), reps[name]) for name, v in flags.items()})
+    out: dict = {"fd": _ci(fd, reps["fd"]), "kd": _ci(float(kd.mean()), reps["kd"])}
+    out.update({name: _ci(float(v.mean()), reps[name]) for name, v in flags.items()})
     out.update(n_real=len(r), n_fake=len(f), dim=r.shape[1], warnings=_warnings(len(r), len(f), r.shape[1], m),
                higher_is_better={name: METRIC_DIRECTIONS[name] for name in out if name in METRIC_DIRECTIONS})
     return out

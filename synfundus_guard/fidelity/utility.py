@@ -31,12 +31,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import InputError
+from ..intervals import interval
 
 FOLDS = 5
 MIN_PER_CLASS = FOLDS
 """Real images every class needs (train and test sides): one per cross-validation fold, a few AUROC positives."""
 N_BOOT = 1000
-CONFIDENCE = 0.95
 _DIGITS = 6
 
 
@@ -113,12 +113,6 @@ def _real(what: str, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def _other(what: str, x: Any, y: Any, dim: int, classes: np.ndarray, minimum: int = 0) -> tuple[np.ndarray, ...]:
     x = _features(what, x, dim)
     return x, _encode(what, _values(what, y, x.shape[0]), classes, minimum)
-
-
-def _interval(point: float, reps: np.ndarray) -> dict[str, float]:
-    lower, upper = np.quantile(reps, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return {"point": round(float(point), _DIGITS), "lower": round(float(min(lower, point)), _DIGITS),
-            "upper": round(float(max(upper, point)), _DIGITS)}
 
 
 def _proba(model: Pipeline, x: np.ndarray, k: int) -> np.ndarray:
@@ -198,7 +192,7 @@ def label_consistency(*, real_x: Any, real_y: Any, fake_x: Any, fake_y: Any, pat
     return {
         "classes": [_py(c) for c in classes], "ordinal": bool(ordinal), "n_real": int(real_c.size),
         "n_synthetic": int(fake_c.size), "kappa_weighting": "quadratic" if ordinal else "none",
-        "synthetic": {m: None if m == "kappa" and shown < 2 else _interval(point[j], reps[j])
+        "synthetic": {m: None if m == "kappa" and shown < 2 else interval(point[j], reps[j])
                       for j, m in enumerate(names)},
         "real_cross_validated": {**{m: round(float(v), _DIGITS) for m, v in zip(names, ceiling)},
                                  "folds": FOLDS, "grouped_by_patient": patients is not None},
@@ -265,9 +259,9 @@ def utility(*, real_train_x: Any, real_train_y: Any, real_test_x: Any, real_test
         "metric": "auroc" if k == 2 else "macro_ovr_auroc", "classes": [_py(c) for c in classes],
         "n_train": int(train_c.size), "n_test": int(test_c.size), "n_synthetic": int(fake_c.size),
         "synthetic_classes_missing": [_py(c) for c in classes[np.bincount(fake_c, minlength=k) == 0]],
-        **{m: _interval(points[m], reps[m]) for m in probs}}
+        **{m: interval(points[m], reps[m]) for m in probs}}
     for m in ("combined", "tstr"):
-        out[f"{m}_minus_trtr"] = _interval(points[m] - points["trtr"], reps[m] - reps["trtr"])
+        out[f"{m}_minus_trtr"] = interval(points[m] - points["trtr"], reps[m] - reps["trtr"])
     return out
 
 

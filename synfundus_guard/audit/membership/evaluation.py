@@ -25,7 +25,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu, rankdata
 
-from .metrics import CONFIDENCE, METRICS, auc, interval, point_metrics, roc_curve, roc_series
+from ...intervals import CONFIDENCE, interval
+from .metrics import METRICS, auc, point_metrics, roc_curve, roc_series
 
 LEVELS = ("image", "patient")
 REVERSAL_P = 0.05

@@ -28,7 +28,6 @@ from ...results import LOW_FPRS
 
 METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr", "balanced_accuracy")
 """Metric keys of the report, in order; the TPR keys match ``policies.evaluate.MEMBERSHIP_LIMITS``."""
-CONFIDENCE = 0.95
 ROC_MAX_POINTS = 200
 _DIGITS = 6
 
@@ -101,13 +100,3 @@ def roc_series(roc: Roc, max_points: int = ROC_MAX_POINTS) -> dict[str, list[flo
     grid = np.unique(np.round(np.r_[0.0, np.logspace(-4, 0, half), np.linspace(0, 1, half)], 8))
     return {"fpr": [round(float(v), _DIGITS) for v in grid],
             "tpr": [round(float(v), _DIGITS) for v in tpr_at_fpr(roc, grid)]}
-
-
-def interval(point: float, reps: np.ndarray) -> dict[str, float]:
-    """``{point, lower, upper}``: the point estimate and the percentile bootstrap interval of ``reps``."""
-    alpha = (1 - CONFIDENCE) / 2
-    lower, upper = np.quantile(reps, [alpha, 1 - alpha])
-    # A percentile interval of a skewed statistic can miss its own point estimate; widen it to include it
-    # (conservative for the upper bound that policies compare with).
-    return {"point": round(point, _DIGITS), "lower": round(float(min(lower, point)), _DIGITS),
-            "upper": round(float(max(upper, point)), _DIGITS)}
