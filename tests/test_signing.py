@@ -248,3 +248,16 @@ def test_release_writer_signs_with_the_env_key(tmp_path: Path, keys: tuple[Path,
         writer.finalize({"model": "sha256:tiny"})
     assert verify(release, keys[0]) == 0
     assert verify(release, keys[1]) == 1
+
+
+def test_a_bad_signing_key_in_the_environment_fails_generate_and_audit_before_any_work(tmp_path, monkeypatch,
+                                                                                       capsys):
+    monkeypatch.setenv("GUARD_SIGNING_KEY", str(tmp_path / "missing.key"))
+    release = tmp_path / "release"
+    for args in (["generate", "--out", str(release), "--n", "1"],
+                 ["audit", "--release", str(tmp_path), "--policy", "internal", "--out", str(tmp_path / "r")]):
+        capsys.readouterr()
+        assert run(args) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "GUARD_SIGNING_KEY" in err, err
+    assert not release.exists() and not (tmp_path / "r").exists()

@@ -49,6 +49,10 @@ def audit(
     from .render import render_report
 
     pol = load_policy(policy)
+    if manifest:
+        from ..release.signing import env_signing_key
+
+        env_signing_key()  # a bad GUARD_SIGNING_KEY fails now, not after the checks when the release is sealed
     if labels and not evaluate:
         raise fail_usage("--labels is for --evaluate")
     options = None

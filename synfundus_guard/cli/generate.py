@@ -77,6 +77,9 @@ def generate(
     if n < 1 or batch_size < 1 or steps < 1:
         raise fail_usage(f"--n, --batch-size and --steps must be at least 1 (got {n}, {batch_size}, {steps})")
     wanted = parse_labels(labels)
+    from ..release.signing import env_signing_key
+
+    env_signing_key()  # a bad GUARD_SIGNING_KEY fails now, not after sampling when the release is sealed
     pol = load_policy(policy) if policy is not None else parse_policy(BUILTIN_POLICY, source="<built-in>")
     loaded = load_model(model if model is not None else DEFAULT_MODEL_DIR)
     resolve_labels(loaded, wanted)  # a label the model cannot make is a usage error before any heavy work
