@@ -75,3 +75,29 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Normalise vectors to unit length (zero vectors stay zero)."""
     n = np.linalg.norm(x, axis=axis, keepdims=True)
     return (x / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+class MirrorViewsEmbedder(Embedder):
+    """An embedder of a network that sees whole images: views are the image and its horizontal mirror, the
+    embedding is the L2-normalised network output, and nothing is fitted. Subclasses implement :meth:`_encode`."""
+
+    @abc.abstractmethod
+    def _encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """``(n, F)`` float32 network outputs for float RGB images."""
+
+    @property
+    def n_views(self) -> int:
+        return 2
+
+    def features(self, images: Sequence[np.ndarray], *, views: bool = False) -> np.ndarray:
+        base = self._encode(images)
+        return np.stack([base, self._encode([im[:, ::-1] for im in images])], axis=1) if views else base
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return l2_normalize(features)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        return None

@@ -14,10 +14,10 @@ import numpy as np
 
 from ..errors import InputError, MissingDependencyError
 from ..fsutil import sha256_file
-from .base import Embedder, l2_normalize
+from .base import MirrorViewsEmbedder
 
 
-class OpenClipEmbedder(Embedder):
+class OpenClipEmbedder(MirrorViewsEmbedder):
     """CLIP image embeddings from open_clip (``arch`` + local ``checkpoint``)."""
 
     name = "openclip"
@@ -50,10 +50,6 @@ class OpenClipEmbedder(Embedder):
         self._torch = torch
         self.batch_size = batch_size
 
-    @property
-    def n_views(self) -> int:
-        return 2
-
     def feature_fingerprint(self) -> str:
         return f"openclip:{self.arch}:{self._weights_id}"
 
@@ -69,19 +65,3 @@ class OpenClipEmbedder(Embedder):
             with torch.no_grad():
                 out.append(self._model.encode_image(x).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
-
-    def features(self, images: Sequence[np.ndarray], *, views: bool = False) -> np.ndarray:
-        base = self._encode(images)
-        if not views:
-            return base
-        mirrored = self._encode([im[:, ::-1] for im in images])
-        return np.stack([base, mirrored], axis=1)
-
-    def project(self, features: np.ndarray) -> np.ndarray:
-        return l2_normalize(features)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        return None

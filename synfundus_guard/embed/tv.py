@@ -16,14 +16,14 @@ import numpy as np
 
 from ..errors import InputError
 from ..fsutil import sha256_file
-from .base import Embedder, l2_normalize
+from .base import MirrorViewsEmbedder
 
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 SIDE = 224
 
 
-class TorchvisionEmbedder(Embedder):
+class TorchvisionEmbedder(MirrorViewsEmbedder):
     """Penultimate-layer features of a torchvision network (``arch`` + local ``checkpoint``)."""
 
     name = "torchvision"
@@ -53,10 +53,6 @@ class TorchvisionEmbedder(Embedder):
         self._torch = torch
         self._weights_id = "sha256:" + sha256_file(path)[:16]
 
-    @property
-    def n_views(self) -> int:
-        return 2
-
     def feature_fingerprint(self) -> str:
         return f"torchvision:{self.arch}:{self._weights_id}:{SIDE}"
 
@@ -69,19 +65,6 @@ class TorchvisionEmbedder(Embedder):
             with torch.no_grad():
                 out.append(self._model(x).float().flatten(1).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
-
-    def features(self, images: Sequence[np.ndarray], *, views: bool = False) -> np.ndarray:
-        base = self._encode(images)
-        return np.stack([base, self._encode([im[:, ::-1] for im in images])], axis=1) if views else base
-
-    def project(self, features: np.ndarray) -> np.ndarray:
-        return l2_normalize(features)
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        return None
 
 
 def _resized(img: np.ndarray) -> np.ndarray:
