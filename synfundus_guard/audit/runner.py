@@ -192,8 +192,9 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
                                   calibration_info={"quantile": vp.quantile, "n_holdout": int(len(cal.vessel_scores))}))
     # Filters that need no training data. Text: any burned-in text flags (structural detector, no OCR engine
     # needed); identifier matching by OCR is available as TextCheck(blocklist=...) where tesseract exists.
+    summary = guard.calibration.summary() if checks and guard is not None else {}
     for check in checks:  # the calibrated checks carry the holdout distributions their thresholds come from
-        check.calibration = guard.calibration.summary() if guard is not None else {}
+        check.calibration = summary
     for name, make in (("text", TextCheck), ("faces", FaceCheck), ("metadata", MetadataCheck)):
         if getattr(policy.identity, name).enabled:
             checks.append(make())

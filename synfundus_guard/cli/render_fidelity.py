@@ -9,13 +9,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..intervals import format_interval
+
 
 def _ci(value: Any) -> str:
-    if not isinstance(value, Mapping) or not isinstance(value.get("point"), (int, float)):
-        return "-"
-    lo, hi = value.get("lower"), value.get("upper")
-    ci = f" [{lo:.4g}, {hi:.4g}]" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else ""
-    return f"{value['point']:.4g}{ci}"
+    return format_interval(value) or "-"
 
 
 def render_fidelity(doc: Mapping[str, Any], *, console: Console | None = None) -> None:

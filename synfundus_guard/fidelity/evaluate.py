@@ -150,12 +150,9 @@ FIDELITY_NAME = "fidelity.json"
 
 
 def _holds_fidelity(folder: Path) -> bool:
-    from ..safeload import read_json
+    from ..release.report import holds_document
 
-    try:
-        return read_json(folder / FIDELITY_NAME, expect=dict).get("schema") == SCHEMA
-    except (OSError, InputError):
-        return False
+    return holds_document(folder, FIDELITY_NAME, SCHEMA)
 
 
 def check_out(out_dir: Path) -> None:

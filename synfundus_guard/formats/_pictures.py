@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw
 from ..audit.pixel_match import SKETCH_SIDE, vesselness
 from ..data.fov import canonical_crop, detect_fov, orient, rotate_scale
 from ..data.images import load_image, to_uint8
+from ..errors import GuardError
+from .interface import ReportView
 
 THUMB = 160
 """Longest side of a thumbnail, pixels."""
@@ -50,9 +52,19 @@ def thumbnail(img: np.ndarray, *, pixelate: bool = False, side: int = THUMB) -> 
     return np.asarray(pil, dtype=np.float32) / 255.0
 
 
-def read(path: Path) -> np.ndarray:
-    """Decode an image file (bounded); raises :class:`~synfundus_guard.errors.ImageError`."""
-    return load_image(path)
+def read(path: Path) -> np.ndarray | None:
+    """Decode an image file (bounded decoder), or None when it is missing or cannot be read: a page shows that
+    the image is not at hand rather than failing."""
+    try:
+        return load_image(path)
+    except (GuardError, OSError):
+        return None
+
+
+def view_image(view: ReportView, name: str) -> np.ndarray | None:
+    """Release (or quarantine) image ``name`` of a report view, or None when it is not at hand."""
+    path = view.image_file(name)
+    return read(path) if path is not None else None
 
 
 def draw_boxes(img: np.ndarray, boxes: Sequence[Sequence[float]], colour: tuple[int, int, int]) -> np.ndarray:

@@ -36,9 +36,10 @@ def _training_image(view: ReportView, name: Any) -> np.ndarray | None:
     if view.train_dir is None or not isinstance(name, str):
         return None
     try:
-        return _pictures.read(safe_join(view.train_dir, name))
-    except (GuardError, OSError):
+        path = safe_join(view.train_dir, name)
+    except GuardError:  # a name in hand-edited evidence that points outside the training folder
         return None
+    return _pictures.read(path)
 
 
 def _match(view: ReportView, query: np.ndarray, ev: Mapping[str, Any], key: str, *, vessels: bool,
@@ -89,11 +90,7 @@ def _image_section(view: ReportView, img: ImageResult, evidence: Mapping[str, An
     reasons = "".join(f"<li>{esc(line)}</li>" for c in flagged_checks(img) + [""] for line in lines.get(c, []))
     out = [f"<h2>{esc(img.file_name)} <span class=\"muted small\">{esc(img.verdict)}</span></h2>",
            f'<ul class="reasons">{reasons}</ul>']
-    query, path = None, view.image_file(img.file_name)
-    try:
-        query = _pictures.read(path) if path is not None else None
-    except (GuardError, OSError):
-        query = None
+    query = _pictures.view_image(view, img.file_name)
     if query is None:
         return out + ['<p class="muted small">image not at hand</p>']
     shown: set[str] = set()

@@ -14,9 +14,8 @@ any network access, and no script.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from ..errors import GuardError
+from ..intervals import format_interval, read_interval
 from ..results import ImageResult, Report, ReleaseVerdict
 from . import _pictures, _scores
 from ._page import banner, esc, page, table
@@ -49,12 +48,9 @@ def _plain_reasons(img: ImageResult, report: Report) -> list[str]:
 
 def _thumb(view: ReportView, img: ImageResult) -> str:
     path = view.image_file(img.file_name)
-    if path is None:
-        return '<span class="muted small">image not at hand</span>'
-    try:
-        pixels = _pictures.read(path)
-    except (GuardError, OSError):
-        return '<span class="muted small">image not readable</span>'
+    pixels = _pictures.read(path) if path is not None else None
+    if pixels is None:
+        return f'<span class="muted small">image {"not readable" if path else "not at hand"}</span>'
     withheld = img.verdict != "pass"
     uri = _pictures.data_uri(_pictures.thumbnail(pixels, pixelate=withheld), lossless=withheld)
     alt = "pixelated: withheld image" if withheld else "released image"
@@ -94,14 +90,6 @@ def _histograms(report: Report) -> list[str]:
     return ['<div class="grid">' + "".join(figures) + "</div>"]
 
 
-def _ci(metric: Any) -> tuple[float, tuple[float, float] | None] | None:
-    if not isinstance(metric, Mapping) or not isinstance(metric.get("point"), (int, float)):
-        return None
-    lo, hi = metric.get("lower"), metric.get("upper")
-    ci = (float(lo), float(hi)) if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else None
-    return float(metric["point"]), ci
-
-
 def _membership(report: Report, verdict: ReleaseVerdict) -> list[str]:
     sections = report.release_checks.get("membership")
     if not isinstance(sections, list) or not sections:
@@ -112,14 +100,14 @@ def _membership(report: Report, verdict: ReleaseVerdict) -> list[str]:
             continue
         level, curves = str(section.get("level", "")), []
         for name, metrics in section["attacks"].items():
-            roc, auc = (metrics.get("roc"), _ci(metrics.get("auc"))) if isinstance(metrics, Mapping) else (None, None)
+            roc, auc = (metrics.get("roc"), read_interval(metrics.get("auc"))) if isinstance(metrics, Mapping) \
+                else (None, None)
             if auc is not None and isinstance(roc, Mapping) and roc.get("fpr") and roc.get("tpr"):
                 curves.append(RocCurve(str(name), roc["fpr"], roc["tpr"], auc[0], auc[1]))
             cells = [esc(name), esc(level)]
             for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr"):
-                got = _ci(metrics.get(key)) if isinstance(metrics, Mapping) else None
-                cells.append("-" if got is None else esc(f"{got[0]:.3f}" + (
-                    f" [{got[1][0]:.3f}, {got[1][1]:.3f}]" if got[1] else "")))
+                shown = format_interval(metrics.get(key), ".3f") if isinstance(metrics, Mapping) else None
+                cells.append(esc(shown or "-"))
             counts = f"{metrics.get('n_members', '?')} / {metrics.get('n_nonmembers', '?')}" \
                 if isinstance(metrics, Mapping) else "?"
             rows.append(cells + [esc(counts)])
@@ -141,11 +129,10 @@ def _fidelity(report: Report) -> list[str]:
     directions = metrics.get("higher_is_better") if isinstance(metrics.get("higher_is_better"), Mapping) else {}
     rows = []
     for name, value in metrics.items():
-        got = _ci(value)
-        if got is not None:
-            ci = f" [{got[1][0]:.4g}, {got[1][1]:.4g}]" if got[1] else ""
+        shown = format_interval(value)
+        if shown is not None:
             better = {True: "higher", False: "lower"}.get(directions.get(name), "")
-            rows.append([esc(name), esc(f"{got[0]:.4g}{ci}"), esc(better)])
+            rows.append([esc(name), esc(shown), esc(better)])
     features = section.get("features", {}) if isinstance(section.get("features"), Mapping) else {}
     counts = section.get("counts", {}) if isinstance(section.get("counts"), Mapping) else {}
     out = ["<h2>Fidelity against real images</h2>",

@@ -50,12 +50,17 @@ def read_report(path: Path) -> Report:
     return Report.from_dict(data)
 
 
-def is_report_folder(folder: Path) -> bool:
-    """True when ``folder`` holds a report guard wrote (its ``report.json`` has the report schema)."""
+def holds_document(folder: Path, name: str, schema: str) -> bool:
+    """True when ``folder/name`` is a JSON document of guard's with ``schema`` (a report, fidelity results)."""
     try:
-        return read_json(Path(folder) / "report.json", expect=dict).get("schema") == SCHEMA
+        return read_json(Path(folder) / name, expect=dict).get("schema") == schema
     except (OSError, InputError):
         return False
+
+
+def is_report_folder(folder: Path) -> bool:
+    """True when ``folder`` holds a report guard wrote (its ``report.json`` has the report schema)."""
+    return holds_document(folder, "report.json", SCHEMA)
 
 
 PRIVATE_FILES = ("evidence.json", "report.html")
