@@ -22,6 +22,15 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def phantom_14x2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """14 phantom patients x 2 visits (64 px, seed 3; 16 OD, 12 OS images), read-only: the training data of the
+    tiny generation models (plain and eye-conditioned)."""
+    root = tmp_path_factory.mktemp("phantom14") / "phantom"
+    generate_phantom(root, patients=14, visits=2, size=64, seed=3)
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """One torch intra-op thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures(...)``): on a

@@ -70,11 +70,9 @@ class BrightnessCheck(Check):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(phantom_14x2: Path) -> Path:
     """14 phantom patients x 2 visits: with HOLDOUT, 4 patients train and 20 holdout images calibrate the checks."""
-    root = tmp_path_factory.mktemp("gen") / "phantom"
-    generate_phantom(root, patients=14, visits=2, size=64, seed=3)
-    return root
+    return phantom_14x2
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from synfundus_guard.audit.base import Candidate, Check, Finding
 from synfundus_guard.cli.main import app
-from synfundus_guard.data.phantom import generate_phantom
 from synfundus_guard.errors import InputError, ModelError
 from synfundus_guard.generation.model import load_model
 from synfundus_guard.generation.sample import sample_images
@@ -71,11 +70,9 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(phantom_14x2: Path) -> Path:
     """14 phantom patients x 2 visits (16 OD, 12 OS images): eye is the label with enough images per class."""
-    root = tmp_path_factory.mktemp("sel") / "phantom"
-    generate_phantom(root, patients=14, visits=2, size=64, seed=3)
-    return root
+    return phantom_14x2
 
 
 @pytest.fixture(scope="module")
