@@ -10,7 +10,8 @@ Real data: phantom fundus photographs of patients the model never saw (``--real`
 * ``blurred``: the diverse set blurred (Gaussian, sigma 1.5 px at 128 px);
 * ``shuffled labels``: the diverse set with its labels (``--label``, default dr_grade) permuted;
 * ``copies``: transformed copies of training photographs (memorization);
-* ``default model``: samples of the built-in default model against its own phantom holdout (at its 32 px).
+* ``default model``: samples of the built-in default model against its own phantom holdout (at its 64 px), and
+  of any ``--compare-model`` (e.g. the earlier 32 px default: ``git show`` it into a folder) against the same.
 
 Expected, against the faithful ``diverse`` release: collapse -> lower coverage and recall; blur -> higher FD and
 lower precision; shuffled labels -> lower label consistency (towards chance); copies -> lower authenticity. The
@@ -19,6 +20,7 @@ recall and coverage, more than collapse does: each defect is compared with the f
 other defects.)
 
     .venv/bin/python bench/bench_fidelity.py [--n 300] [--size 128] [--bootstrap 200] [--default-model 100]
+        [--compare-model OLD_MODEL/]
     .venv/bin/python bench/bench_fidelity.py --speed 512     # feature extraction img/s at 256 px: 1 process vs all
 
 Numbers of each run are what that run measured; nothing here is a fitted threshold.
@@ -113,8 +115,9 @@ def speed(n: int) -> None:
           ["processes", "img/s", "vs 1 process"], rows)
 
 
-def default_model(n: int, n_boot: int) -> None:
-    """The built-in default model's samples against its own phantom holdout and training split."""
+def default_model(n: int, n_boot: int, others: list[Path] = ()) -> None:
+    """The built-in default model's samples (and those of ``others``, e.g. an earlier default model) against the
+    default model's own phantom holdout and training split."""
     from synfundus_guard.audit.runner import default_cache_dir
     from synfundus_guard.data.images import load_image
     from synfundus_guard.generation.default import training_data_dir
@@ -126,17 +129,19 @@ def default_model(n: int, n_boot: int) -> None:
     emb = StatsEmbedder()
     real = emb.features([load_image(data / f) for f in model.card.data.holdout_files])
     train = emb.features([load_image(data / f) for f in model.card.data.train_files])
-    t0 = time.perf_counter()
-    samples = emb.features([s.image for s in sample_images(model, n=n, seed=0)])
-    print(f"default model: {n} samples in {time.perf_counter() - t0:.0f} s")
-    m = fidelity_metrics(real, samples, train=train, n_boot=n_boot, seed=0)
+    rows = []
+    for name, candidate in [("default model", model), *((str(p), load_model(p)) for p in others)]:
+        t0 = time.perf_counter()
+        samples = emb.features([s.image for s in sample_images(candidate, n=n, seed=0)])
+        print(f"{name}: {n} samples at {candidate.resolution} px in {time.perf_counter() - t0:.0f} s (CPU)")
+        m = fidelity_metrics(real, samples, train=train, n_boot=n_boot, seed=0)
+        rows.append([f"{name} ({candidate.resolution} px)", *(_cell(m[c]) if c in m else "-" for c in METRICS)])
+        for w in m["warnings"]:
+            print(f"warning ({name}): {w}")
     ref = fidelity_metrics(real, train[:n], n_boot=n_boot, seed=0)
-    table(f"Default model ({model.card.resolution} px) vs its "
-          f"phantom holdout ({len(real)} images); reference: its training images as a 'release'",
-          ["release", *METRICS], [["default model", *(_cell(m[c]) if c in m else "-" for c in METRICS)],
-                                  ["training images", *(_cell(ref[c]) if c in ref else "-" for c in METRICS)]])
-    for w in m["warnings"]:
-        print(f"warning: {w}")
+    table(f"Default model vs its phantom holdout ({len(real)} images); reference: its training images as a "
+          "'release'", ["release", *METRICS],
+          [*rows, ["training images", *(_cell(ref[c]) if c in ref else "-" for c in METRICS)]])
 
 
 def _cell(m: dict) -> str:
@@ -152,6 +157,8 @@ def main() -> None:
                     help="the conditioning label of the label-consistency and utility columns")
     ap.add_argument("--speed", type=int, default=0, help="only measure feature extraction on this many files")
     ap.add_argument("--default-model", type=int, default=100, help="samples of the built-in model (0: skip)")
+    ap.add_argument("--compare-model", type=Path, action="append", default=[],
+                    help="another model folder sampled and scored beside the default model (repeatable)")
     args = ap.parse_args()
     if args.speed:
         speed(args.speed)
@@ -197,7 +204,7 @@ def main() -> None:
     table("Does each metric see its defect? (the defective release against the faithful 'diverse' one)",
           ["defect", "metric", "release", "its value", "diverse", "worse", "CIs separate"], rows)
     if args.default_model:
-        default_model(args.default_model, args.bootstrap)
+        default_model(args.default_model, args.bootstrap, args.compare_model)
 
 
 if __name__ == "__main__":

@@ -158,11 +158,18 @@ def flagged(s: np.ndarray, opts: face_mod.FaceOptions) -> np.ndarray:
 
 
 def default_model_samples(n: int) -> list[np.ndarray]:
-    """``n`` samples of the shipped default model (its own 32 px), seed 7."""
+    """``n`` samples of the shipped default model (at its own resolution), seed 7."""
     from synfundus_guard.generation.model import DEFAULT_MODEL_DIR, load_model
     from synfundus_guard.generation.sample import sample_images
 
     return [s.image for s in sample_images(load_model(DEFAULT_MODEL_DIR), n=n, seed=7)]
+
+
+def default_model_side() -> int:
+    """The shipped default model's sample side in pixels."""
+    from synfundus_guard.generation.model import DEFAULT_MODEL_DIR, load_model
+
+    return load_model(DEFAULT_MODEL_DIR).resolution
 
 
 def bench_faces(args: argparse.Namespace) -> None:
@@ -214,8 +221,9 @@ def bench_faces(args: argparse.Namespace) -> None:
         n, rate_n = face_rows(default_model_samples(args.face_model_samples), opts)
         fp = flagged(n, opts)
         all_n.append(fp)
-        rows.append(["default model samples (32 px, seed 7)", len(n), f"{100 * fp.mean():.2f} %", "-", "-", "-", "-",
-                     f"{rate_n:.1f}"])
+        side = default_model_side()
+        rows.append([f"default model samples ({side} px, seed 7)", len(n), f"{100 * fp.mean():.2f} %",
+                     "-", "-", "-", "-", f"{rate_n:.1f}"])
     table(f"Faces, held out (LFW faces 50-99 pasted {args.face_reps} times each at 15-50 % of the side; no image "
           f"here was used for tuning), dlib > {opts.min_dlib} or Haar votes >= {opts.min_haar}",
           ["source", "clean", "FPR", "faces", "TPR", "dlib alone", "Haar alone", "img/s (clean)"], rows)

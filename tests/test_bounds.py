@@ -310,7 +310,7 @@ def test_recipe_is_validated_before_any_work(model_copy, tmp_path, recipe, words
 
 
 def test_shipped_recipe_still_reads():
-    assert read_recipe(DEFAULT_MODEL_DIR) == {"phantom": {"patients": 200, "visits": 2, "size": 64, "seed": 0}}
+    assert read_recipe(DEFAULT_MODEL_DIR) == {"phantom": {"patients": 500, "visits": 2, "size": 128, "seed": 0}}
 
 
 @pytest.mark.parametrize("args, expect", [

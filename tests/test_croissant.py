@@ -80,7 +80,8 @@ def test_croissant_names_no_training_data(generated: Path, tmp_path: Path) -> No
         leaked = sorted(s for s in secrets if s.lower() in text)
         assert not leaked, f"{path} leaks {leaked[:3]}"
         assert "train_files" not in text and "data_fingerprint" not in text
-    assert "block_out_channels 32/64/64" in with_card.read_text(), "the card adds the architecture"
+    widths = "/".join(map(str, read_card(DEFAULT_MODEL_DIR).block_out_channels))
+    assert f"block_out_channels {widths}" in with_card.read_text(), "the card adds the architecture"
 
 
 def test_dp_facts_come_from_the_card(generated: Path) -> None:

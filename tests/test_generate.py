@@ -362,7 +362,7 @@ def test_cli_generate_release_and_dp_policy(model_dir: Path, tmp_path: Path) -> 
 def test_builtin_default_model_is_shipped() -> None:
     model = load_model(DEFAULT_MODEL_DIR)
     assert model.card is not None and read_recipe(DEFAULT_MODEL_DIR) == {"phantom": PHANTOM}
-    assert sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*")) < 8_000_000
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*")) < 20_000_000  # 4.3 M float32 weights
     (sample,) = sample_images(model, n=1, seed=0, steps=2)
     assert sample.image.shape == (model.resolution, model.resolution, 3)
 

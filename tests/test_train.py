@@ -188,12 +188,40 @@ def test_cli_train_conditional(phantom_dir: Path, tmp_path: Path) -> None:
     (["--dp", "--target-epsilon", "3", "--noise-multiplier", "1"], "not both"),
     (["--steps", "0"], "steps"),
     (["--channels", "a,b"], "channels"),
+    (["--device", "tpu"], "--device must be one of"),
 ])
 def test_cli_train_usage_errors_are_one_line(phantom_dir: Path, tmp_path: Path, args: list[str], match: str) -> None:
     res = CliRunner().invoke(app, ["train", str(phantom_dir), "--out", str(tmp_path / "m"), *args])
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], res.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_a_one_line_error_before_anything_is_written(phantom_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", str(phantom_dir), "--out", str(tmp_path / "m"), "--device", "cuda"])
+    assert res.exit_code == 2 and not (tmp_path / "m").exists()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0], res.stderr
+    res = CliRunner().invoke(app, ["generate", "--out", str(tmp_path / "r"), "--device", "cuda"])
+    assert res.exit_code == 2 and not (tmp_path / "r").exists() and "no CUDA GPU" in res.stderr
+
+
+def test_device_auto_trains_where_torch_sees_a_device_and_checkpoints_are_portable(phantom_dir: Path,
+                                                                                  tiny_model: Path,
+                                                                                  tmp_path: Path) -> None:
+    """``--device auto`` picks the GPU when there is one; on a CPU-only machine it is the CPU run, bit for bit.
+    A checkpoint holds CPU tensors whatever the device, so a run can resume on another machine."""
+    out = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train_dir=phantom_dir, out_dir=out, progress=_KillAfter(3), device="auto", **TINY)
+    state = torch.load(out / CHECKPOINT, weights_only=True)  # tensors come back on the device they were saved from
+    tensors = [*state["unet"].values(), *state["ema"].values(), state["generator"]]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    train_model(train_dir=phantom_dir, out_dir=out, device="cpu", **TINY)
+    if not torch.cuda.is_available():
+        assert model_fingerprint(out) == model_fingerprint(tiny_model)
 
 
 def test_cli_train_missing_folder(tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ def generate(
     seed: int = typer.Option(0, help="Run seed; image i depends only on (seed, i)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images sampled and checked per batch."),
     steps: int = typer.Option(25, "--steps", help="DDIM sampling steps."),
+    device: str = typer.Option("cpu", "--device", help="Where sampling runs: cpu, cuda or auto (cuda when torch "
+                                                       "sees a GPU). An image's seed reproduces it on the same "
+                                                       "kind of device; GPU and CPU differ by rounding."),
     quarantine: Optional[Path] = typer.Option(None, "--quarantine", help="Private folder for rejected samples "
                                               "(default: OUT-quarantine beside the release)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Report folder: report.json and report.html "
@@ -81,7 +84,7 @@ def generate(
 
     env_signing_key()  # a bad GUARD_SIGNING_KEY fails now, not after sampling when the release is sealed
     pol = load_policy(policy) if policy is not None else parse_policy(BUILTIN_POLICY, source="<built-in>")
-    loaded = load_model(model if model is not None else DEFAULT_MODEL_DIR)
+    loaded = load_model(model if model is not None else DEFAULT_MODEL_DIR, device=device)
     resolve_labels(loaded, wanted)  # a label the model cannot make is a usage error before any heavy work
     with RichProgressObserver() as progress:
         selector = None if select_confident is None else ConfidentSelector.fit(

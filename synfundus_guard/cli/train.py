@@ -42,9 +42,12 @@ def train(
     delta: float = typer.Option(1e-5, help="With --dp: δ."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="With --dp: per-sample clipping bound."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between resumable checkpoints."),
+    device: str = typer.Option("cpu", "--device", help="Where the steps run: cpu, cuda or auto (cuda when torch "
+                                                       "sees a GPU)."),
 ) -> None:
     """Train a model; re-running the same command resumes from the last checkpoint."""
     from ..generation.dp import DPConfig
+    from ..generation.model import resolve_device
     from ..generation.train import train_model, validate_settings
 
     if not dp and (target_epsilon is not None or noise_multiplier is not None):
@@ -58,9 +61,10 @@ def train(
     settings = dict(steps=steps, resolution=resolution, batch_size=batch_size, lr=lr, seed=seed,
                     holdout_fraction=holdout_fraction, channels=_channels(channels), checkpoint_every=checkpoint_every)
     validate_settings(dp=dp_config, **settings)  # before the progress display opens: one clean error line
+    resolve_device(device)
     with RichProgressObserver() as progress:
         result = train_model(train_dir=train_dir, out_dir=out, condition_on=_csv_list(condition_on), dp=dp_config,
-                             progress=progress, **settings)
+                             device=device, progress=progress, **settings)
     card = result.card
     if result.steps_run == 0:
         typer.echo(f"{out}: already trained ({card.steps} steps); nothing to do")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
 from ..safeload import read_json
 from .card import TrainingCard, read_card
@@ -37,6 +37,22 @@ MAX_LEVELS, MAX_WIDTH, MAX_LAYERS_PER_BLOCK = 8, 4096, 8
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 """Noise schedules DDIM sampling supports."""
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+"""What ``--device`` takes: ``auto`` is the GPU when torch sees one, else the CPU."""
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device for ``--device NAME``; :class:`InputError` for an unknown name or a missing GPU."""
+    choice = (name or "auto").strip().lower()
+    if choice not in DEVICES:
+        raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: torch sees no CUDA GPU on this machine (use --device cpu)")
+    return torch.device(choice)
 
 
 def build_unet(*, resolution: int, block_out_channels: Sequence[int], num_classes: int | None = None,
@@ -216,13 +232,14 @@ def _check_pipeline_index(model_dir: Path) -> None:
                          "(unconditional or class-conditional DDPM/DDIM) are supported")
 
 
-def load_model(model_dir: Path) -> LoadedModel:
-    """Load a model folder for sampling (CPU, eval mode, no gradients).
+def load_model(model_dir: Path, *, device: str | None = "cpu") -> LoadedModel:
+    """Load a model folder for sampling (eval mode, no gradients) on ``device`` (see :func:`resolve_device`).
 
     Raises :class:`ModelError` for a missing folder, a folder that is not a diffusers ``UNet2DModel``
     pipeline, or unreadable weights.
     """
     model_dir = Path(model_dir)
+    where = resolve_device(device)
     if not model_dir.exists():
         raise ModelError(f"model folder not found: {model_dir}")
     if not model_dir.is_dir():
@@ -248,7 +265,7 @@ def load_model(model_dir: Path) -> LoadedModel:
         raise ModelError(f"{model_dir}: cannot load the diffusers model ({first})") from None
     finally:
         dlog.setLevel(level)
-    unet.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False).to(where)
     conditioning = None
     if card is not None and card.conditioning:
         conditioning = Conditioning.from_dict(card.conditioning)

@@ -66,15 +66,16 @@ def sample_batch(model: LoadedModel, indices: Sequence[int], *, seed: int,
         if matching is not None:
             classes.append(model.conditioning.draw(matching, g))  # type: ignore[union-attr]
         seeds.append(s)
-    x = torch.stack(noises) * model.scheduler.init_noise_sigma
-    class_labels = torch.tensor(classes, dtype=torch.long) if matching is not None else None
+    device = next(model.unet.parameters()).device  # noise is drawn on the CPU: the same start on every device
+    x = (torch.stack(noises) * model.scheduler.init_noise_sigma).to(device)
+    class_labels = torch.tensor(classes, dtype=torch.long, device=device) if matching is not None else None
     scheduler = type(model.scheduler).from_config(model.scheduler.config)  # own timestep state per call
     scheduler.set_timesteps(steps)
     with torch.inference_mode():
         for t in scheduler.timesteps:
             eps = model.unet(scheduler.scale_model_input(x, t), t, class_labels=class_labels).sample
             x = scheduler.step(eps, t, x, eta=0.0).prev_sample
-    images = ((x / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy().astype(np.float32)
+    images = ((x / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
     out = []
     for j, i in enumerate(indices):
         labels = model.conditioning.labels_of(classes[j]) if matching is not None else {}  # type: ignore[union-attr]

@@ -30,7 +30,7 @@ from .conditioning import Conditioning
 from .data import load_images, split_records
 from .dp import DPConfig, quiet_opacus
 from .card import read_card
-from .model import count_parameters, save_model, training_scheduler
+from .model import count_parameters, resolve_device, save_model, training_scheduler
 from .trainer import EMA_DECAY, Trainer
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
@@ -246,16 +246,21 @@ def _card(plan: _Plan, train_dir: Path, *, steps: int, resolution: int, batch_si
 def train_model(*, train_dir: Path, out_dir: Path, steps: int = 4000, resolution: int = 32, batch_size: int = 16,
                 lr: float = 5e-4, seed: int = 0, condition_on: Sequence[str] = (), dp: DPConfig | None = None,
                 holdout_fraction: float = 0.2, channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1,
-                checkpoint_every: int = 200, progress: Progress = NULL_PROGRESS) -> TrainResult:
+                checkpoint_every: int = 200, device: str | None = "cpu",
+                progress: Progress = NULL_PROGRESS) -> TrainResult:
     """Train a DDPM on the images of ``train_dir`` and save it to ``out_dir`` as a diffusers folder + card.
 
     ``holdout_fraction`` of the *patients* are held out before training (never trained on) and listed in the
     card. Re-running with the same arguments resumes from the last checkpoint, or returns at once when the
-    model is finished. Raises :class:`InputError` for unusable arguments, data or output folders.
+    model is finished. ``device`` (``cpu``, ``cuda`` or ``auto``) is where the steps run; every random draw
+    still comes from one CPU generator, so it is not part of the run's identity (a GPU run's weights differ
+    from a CPU run's only by floating-point rounding). Raises :class:`InputError` for unusable arguments, data
+    or output folders, or a device torch does not see.
     """
     validate_settings(steps=steps, resolution=resolution, batch_size=batch_size, lr=lr,
                       holdout_fraction=holdout_fraction, channels=channels, checkpoint_every=checkpoint_every,
                       seed=seed, layers_per_block=layers_per_block, dp=dp)
+    where = resolve_device(device)
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     settings = dict(steps=steps, resolution=resolution, batch_size=batch_size, lr=lr, seed=seed,
                     dp=asdict(dp) if dp else None, holdout_fraction=holdout_fraction, channels=list(channels),
@@ -274,7 +279,7 @@ def train_model(*, train_dir: Path, out_dir: Path, steps: int = 4000, resolution
     classes = torch.tensor([cond.class_index(r.labels) for r in plan.train]) if cond else None
     trainer = Trainer(images=images, classes=classes, num_classes=cond.num_classes if cond else None,
                        resolution=resolution, channels=channels, layers_per_block=layers_per_block,
-                       batch_size=batch_size, lr=lr, seed=seed, steps=steps, dp=dp)
+                       batch_size=batch_size, lr=lr, seed=seed, steps=steps, dp=dp, device=where)
     start = _resume(trainer, state, ckpt_path) if state is not None else 0
     t0 = time.perf_counter()
     with progress.task("Training" + (" (DP)" if dp else ""), total=steps) as task, quiet_opacus():
