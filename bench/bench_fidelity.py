@@ -20,7 +20,7 @@ recall and coverage, more than collapse does: each defect is compared with the f
 other defects.)
 
     .venv/bin/python bench/bench_fidelity.py [--n 300] [--size 128] [--bootstrap 200] [--default-model 100]
-        [--compare-model OLD_MODEL/]
+        [--compare-model OLD_MODEL/] [--default-only]
     .venv/bin/python bench/bench_fidelity.py --speed 512     # feature extraction img/s at 256 px: 1 process vs all
 
 Numbers of each run are what that run measured; nothing here is a fitted threshold.
@@ -159,9 +159,13 @@ def main() -> None:
     ap.add_argument("--default-model", type=int, default=100, help="samples of the built-in model (0: skip)")
     ap.add_argument("--compare-model", type=Path, action="append", default=[],
                     help="another model folder sampled and scored beside the default model (repeatable)")
+    ap.add_argument("--default-only", action="store_true", help="only the default-model table")
     args = ap.parse_args()
     if args.speed:
         speed(args.speed)
+        return
+    if args.default_only:
+        default_model(args.default_model, args.bootstrap, args.compare_model)
         return
     t0 = time.perf_counter()
     sets = build(args.n, args.size, args.label)

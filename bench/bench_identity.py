@@ -1,6 +1,6 @@
 """Identity-leak filters (issue 5): burned-in text, faces, metadata. Prints tables (vessels: bench_vessels.py).
 
-    .venv/bin/python bench/bench_identity.py [--only text,faces,metadata] [--quick]
+    .venv/bin/python bench/bench_identity.py [--only text,ocr,faces,metadata] [--quick] [--ocr-n 160]
                                              [--patients 120] [--size 256] [--text-clean 160] [--tune-faces]
 
 Vessels: phantom patients of dataset seed 7 (never used while developing the method, which used seeds 0, 1);
@@ -17,6 +17,10 @@ centre, light and dark). Faces: LFW faces 0-49 pasted into phantoms of seed 901 
 (``--tune-faces``); faces 50-99 pasted into phantoms of another seed, images of a second, independent renderer
 (``bench/alt_fundus.py``) and the real photograph evaluate it, per source (each face pasted ``--face-reps`` times,
 4 by default), plus samples of the shipped default model (clean).
+Identifiers (``ocr``): the shipped text check with a blocklist, as an audit builds it from the training labels:
+each background (phantoms, the real photographs, the second renderer) gets one random identifier; the blocklist
+holds every planted identifier plus ``--ocr-decoys`` others, and the same backgrounds with identifiers that are not
+on the list are the negatives (a block there is a false match). Needs tesseract.
 Metadata: files of every supported format with planted metadata, before and after ``strip_metadata``.
 """
 
@@ -133,6 +137,70 @@ def bench_text(args: argparse.Namespace) -> None:
     rate = (len(clean) + len(pos)) / (t_neg + t_pos)
     SUMMARY.append(["text", f"TPR {100 * pos_a.mean():.1f} % ({len(pos)}), FPR {100 * np.mean(neg):.2f} % "
                     f"({len(neg)})", f"{rate:.1f} img/s (mixed sizes)"])
+
+
+def _source(kind: str) -> str:
+    """'phantom 512' -> 'phantom'; 'retina rotated' stays."""
+    head, _, tail = kind.rpartition(" ")
+    return head if tail.isdigit() else kind
+
+
+def bench_ocr(args: argparse.Namespace) -> None:
+    """Identifier blocking end to end: the shipped TextCheck with a blocklist (OCR of the rows it finds)."""
+    from bench.alt_fundus import render as alt_render
+    from synfundus_guard.audit.identity._ocr import normalise, tesseract_path
+    from synfundus_guard.audit.identity.overlays import random_identifier
+
+    if tesseract_path() is None:
+        print("ocr: tesseract is not installed (apt-get install -y tesseract-ocr): skipped")
+        return
+    backgrounds = clean_images(args.ocr_n // 2)
+    backgrounds += [(f"other renderer {size}", alt_render(17, i, 0, size))
+                    for i, size in enumerate((256, 512) * (args.ocr_n // 4))]
+    rng, decoys, others_rng = (np.random.default_rng(s) for s in (11, 12, 13))
+    planted = [(kind, *random_text(img, rng)) for kind, img in backgrounds]
+    blocklist = [m.text for _, _, m in planted] + [random_identifier(decoys) for _ in range(args.ocr_decoys)]
+    listed = {normalise(t) for t in blocklist}
+    unlisted = [(kind, img, m) for kind, img, m in ((k, *random_text(b, others_rng)) for k, b in backgrounds)
+                if normalise(m.text) not in listed]
+    check = TextCheck(blocklist=blocklist)
+    t0 = time.perf_counter()
+    pos = [check.check_batch([Candidate("x.png", img)])[0] for _, img, _ in planted]
+    neg = [check.check_batch([Candidate("x.png", img)])[0] for _, img, _ in unlisted]
+    t_text = time.perf_counter() - t0
+    clean = [check.check_batch([Candidate("x.png", img)])[0] for _, img in backgrounds]
+
+    def ident(f) -> bool:
+        return f.scores.get("text.identifier", 0.0) > 0
+
+    own = [f.private.get("matched_identifier") == normalise(m.text) for f, (_, _, m) in zip(pos, planted)]
+    sources = list(dict.fromkeys(_source(k) for k, _ in backgrounds))
+    groups = [(src, [i for i, (k, _, _) in enumerate(planted) if _source(k) == src],
+               [i for i, (k, _, _) in enumerate(unlisted) if _source(k) == src]) for src in sources]
+    groups += [(f"{lo}-{hi} px", [i for i, (_, _, m) in enumerate(planted) if lo <= m.size <= hi],
+                [i for i, (_, _, m) in enumerate(unlisted) if lo <= m.size <= hi])
+               for lo, hi in ((8, 12), (13, 18), (19, 24))]
+    groups.append(("all", list(range(len(planted))), list(range(len(unlisted)))))
+    rows = []
+    for label, p_idx, n_idx in groups:
+        rows.append([label, len(p_idx), f"{100 * np.mean([pos[i].flagged for i in p_idx]):.1f} %",
+                     f"{100 * np.mean([ident(pos[i]) for i in p_idx]):.1f} %",
+                     f"{100 * np.mean([own[i] for i in p_idx]):.1f} %", len(n_idx),
+                     f"{100 * np.mean([ident(neg[i]) for i in n_idx]):.1f} %" if n_idx else "-"])
+    table(f"Burned-in identifiers: OCR (tesseract) of the rows the text check finds, against a blocklist of "
+          f"{len(listed)} identifiers (each planted one plus {args.ocr_decoys} decoys)",
+          ["overlays", "listed", "text flagged", "identifier blocked", "own id named", "unlisted",
+           "unlisted blocked (false)"], rows)
+    false_clean = sum(ident(f) for f in clean)
+    print(f"clean images with an identifier match: {false_clean} of {len(clean)}")
+    missed = [m for f, (_, _, m) in zip(pos, planted) if f.flagged and not ident(f)]
+    if missed:
+        print("read but not matched:", "; ".join(f"{Path(m.font).stem} {m.size}px {m.text!r}" for m in missed[:8]))
+    SUMMARY.append(["text identifiers (OCR)",
+                    f"blocked {100 * np.mean([ident(f) for f in pos]):.1f} % of listed ({len(pos)}), "
+                    f"{100 * np.mean([ident(f) for f in neg]):.1f} % of unlisted ({len(neg)}), "
+                    f"{false_clean} of {len(clean)} clean",
+                    f"{(len(pos) + len(neg)) / t_text:.1f} img/s with text"])
 
 
 # --- faces --------------------------------------------------------------------------------------------------
@@ -282,7 +350,7 @@ def bench_metadata(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="text,faces,metadata")
+    ap.add_argument("--only", default="text,ocr,faces,metadata")
     ap.add_argument("--quick", action="store_true", help="small sample sizes (smoke run)")
     ap.add_argument("--patients", type=int, default=120)
     ap.add_argument("--impostors", type=int, default=40)
@@ -290,6 +358,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--text-clean", type=int, default=160)
     ap.add_argument("--text-reps", type=int, default=3)
+    ap.add_argument("--ocr-n", type=int, default=160, help="backgrounds for the identifier (OCR) bench")
+    ap.add_argument("--ocr-decoys", type=int, default=1000, help="blocklist identifiers planted nowhere")
     ap.add_argument("--face-bg", type=int, default=120)
     ap.add_argument("--face-reps", type=int, default=4, help="pastes of each LFW face (tuning and held out)")
     ap.add_argument("--face-model-samples", type=int, default=100, help="default-model samples checked (0: none)")
@@ -297,9 +367,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.patients, args.impostors, args.holdout, args.text_clean, args.text_reps = 20, 10, 10, 12, 1
-        args.face_bg, args.face_model_samples = 20, 10
+        args.face_bg, args.face_model_samples, args.ocr_n = 20, 10, 16
     only = set(args.only.split(","))
-    for name, fn in (("metadata", bench_metadata), ("text", bench_text), ("faces", bench_faces),):
+    for name, fn in (("metadata", bench_metadata), ("text", bench_text), ("ocr", bench_ocr),
+                     ("faces", bench_faces)):
         if name in only:
             fn(args)
     table("Summary (issue 5 acceptance)", ["filter", "result", "throughput"], SUMMARY)

@@ -303,3 +303,33 @@ def test_engine_and_address_are_checked(ds, tmp_path):
     assert bad.exit_code == 2 and "unknown engine" in bad.output and not (tmp_path / "o1").exists()
     lone = runner.invoke(app, audit_args(ds, release, tmp_path / "o2", "--address", "10.0.0.1:6379"))
     assert lone.exit_code == 2 and "--engine ray" in lone.output and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed: apt-get install tesseract-ocr")
+def test_a_burned_in_training_patient_id_blocks_even_where_text_only_warns(ds, tmp_path):
+    """The audit reads text rows for the training and holdout sets' identifiers: a training patient's id burned
+    into a release image fails it under a policy whose text filter only warns; other text stays a warning."""
+    import numpy as np
+
+    from synfundus_guard.audit.identity.overlays import draw_text
+    from synfundus_guard.data.images import encode_png, load_image
+
+    release = copy_release(ds["clean"], tmp_path / "release")
+    for name, text in (("synthetic_000.png", "PAT-004"), ("synthetic_001.png", "OD RIGHT EYE")):
+        img, _ = draw_text(load_image(release / name), text, font="pil-default", size=20, position="bottom-left",
+                           light=True, colour=(255, 255, 255))
+        (release / name).write_bytes(encode_png(np.asarray(img)))
+    policy = tmp_path / "text_warns.yaml"
+    policy.write_text(Path(SMALL_POLICY).read_text().replace("text: {enabled: true, action: block}",
+                                                             "text: {enabled: true, action: warn}"))
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out", "--no-manifest", policy=str(policy)))
+    assert res.exit_code == 1, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    by_name = {img["file_name"]: img for img in report["images"]}
+    hit, other = by_name["synthetic_000.png"], by_name["synthetic_001.png"]
+    assert hit["verdict"] == "fail" and any("burned-in identifier" in r for r in hit["reasons"])
+    assert hit["scores"]["text.identifier"] == 1.0 and "PAT-004" not in json.dumps(report)
+    assert other["verdict"] == "pass" and other["scores"]["text.identifier"] == 0.0
+    assert any("burned-in text" in w for w in other["warnings"])
+    private = (tmp_path / "out" / "private" / "evidence.json").read_text()
+    assert '"matched_identifier": "PAT004"' in private, "the private report says which identifier matched"

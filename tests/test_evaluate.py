@@ -97,6 +97,19 @@ def test_warn_flag_passes_with_warning():
     assert result.warnings == ["faces: score 0.97 above threshold 0.90"]
 
 
+def test_a_burned_in_identifier_blocks_even_where_text_only_warns():
+    text_warns = parse_policy("name: text-warns\nidentity: {text: {action: warn}}\n")
+    rows = {"text.rows": 1.0, "text.max_glyphs": 7.0}
+    plain = image_result("a.png", [Finding("text", True, ("burned-in text: 1 row(s)",), rows)], text_warns)
+    assert plain.verdict == "pass" and plain.warnings and not plain.reasons
+    ident = Finding("text", True, ("burned-in identifier: text matches an identifier", "burned-in text: 1 row(s)"),
+                    {**rows, "text.identifier": 1.0})
+    result = image_result("a.png", [ident], text_warns)
+    assert result.verdict == "fail" and result.reasons[0].startswith("text: burned-in identifier")
+    assert reapply_image(result, text_warns).verdict == "fail", "guard gate re-judges it the same way"
+    assert reapply_image(image_result("a.png", [ident], PUBLIC), text_warns).verdict == "fail"
+
+
 def test_error_fails_closed_even_when_the_action_is_warn_or_the_check_is_off():
     for policy in (INTERNAL, NO_FACES):
         result = image_result("a.png", findings(faces="error"), policy)

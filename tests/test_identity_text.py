@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from skimage import data as skdata
@@ -10,6 +12,8 @@ from synfundus_guard.audit.base import Candidate
 from synfundus_guard.audit.identity import TextCheck, TextOptions, detect_text
 from synfundus_guard.audit.identity import _ocr
 from synfundus_guard.audit.identity.overlays import draw_text, font_names
+from synfundus_guard.audit.identity.text import identifiers_of
+from synfundus_guard.data.folder import ImageRecord
 from synfundus_guard.data.fov import resize_image
 from synfundus_guard.data.phantom import PhantomPatient, render_visit
 from synfundus_guard.errors import InputError
@@ -79,11 +83,23 @@ def test_check_flags_with_public_reason(retina512: np.ndarray) -> None:
     assert not clean.flagged and clean.scores == {"text.rows": 0.0, "text.max_glyphs": 0.0}
 
 
-def test_blocklist_without_tesseract_fails_closed(monkeypatch: pytest.MonkeyPatch, retina512: np.ndarray) -> None:
+def test_blocklist_without_tesseract_fails_closed_where_there_is_text_to_read(monkeypatch: pytest.MonkeyPatch,
+                                                                               retina512: np.ndarray) -> None:
     monkeypatch.setattr(_ocr, "tesseract_path", lambda: None)
-    [finding] = TextCheck(blocklist=["P00012"]).check_batch([Candidate("a.png", retina512)])
-    assert finding.flagged and finding.error
-    assert _ocr.INSTALL_LINE in finding.reasons[0]
+    img, _ = draw_text(retina512, "ID 4829163", font="pil-default", size=20, position="bottom-left", light=True,
+                       colour=(255, 255, 255))
+    text, clean = TextCheck(blocklist=["P00012"]).check_batch([Candidate("a.png", img), Candidate("b.png", retina512)])
+    assert text.flagged and text.error and _ocr.INSTALL_LINE in text.reasons[0]
+    assert not clean.flagged and clean.error is None, "no text row: nothing to read, nothing to fail"
+
+
+def test_identifiers_of_records_are_ids_and_identifying_columns_only(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"")
+    recs = [ImageRecord("a.png", tmp_path / "a.png", "IMG-7", "PAT-7",
+                        {"Patient_Name": "DOE^JANE", "study_date": "2021-03-04", "dr_grade": "2", "site": "Lyon"}),
+            ImageRecord("b.png", tmp_path / "b.png", "b.png", "?b.png", {}),
+            ImageRecord("c.png", tmp_path / "c.png", "c.png", "PAT-7", {"name": " "})]
+    assert identifiers_of(recs) == ["2021-03-04", "DOE^JANE", "IMG-7", "PAT-7"]
 
 
 def test_blocklist_needs_ocr() -> None:
@@ -109,6 +125,7 @@ def test_identifier_matching_is_fuzzy_but_not_loose() -> None:
     assert _ocr.match_identifier("ID 4829l63", ["4829163"]) == "4829163"  # OCR confusion l -> 1
     assert _ocr.match_identifier("ID 4820000", ["4829163"]) is None
     assert _ocr.match_identifier("OD", ["0D"]) is None  # too short to identify anyone
+    assert _ocr.match_identifier('PAT"004', ["PAT000", "PAT004", "PAT008"]) == "PAT004", "the closest, not the first"
 
 
 def test_short_rows_of_anatomy_inside_the_field_of_view_pass() -> None:

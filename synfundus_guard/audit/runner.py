@@ -37,7 +37,8 @@ from .journal import Journal, decode_findings, holds_journal
 from .memorization import MemorizationCheck
 from .identity.faces import FaceCheck
 from .identity.metadata import MetadataCheck
-from .identity.text import TextCheck
+from .identity._ocr import tesseract_path
+from .identity.text import TextCheck, identifiers_of
 from .vessels import VesselCheck
 from .workers import ENGINES, auto_workers, map_batches
 
@@ -56,10 +57,12 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Guard:
-    """Everything the per-image checks need: the training index and its holdout calibration."""
+    """Everything the per-image checks need: the training index, its holdout calibration, and the identifying
+    strings of both sets (private) that burned-in text must not spell."""
 
     index: GuardIndex
     calibration: Calibration
+    identifiers: tuple[str, ...] = ()
 
 
 def prepare_guard(
@@ -110,7 +113,7 @@ def prepare_guard(
         cal = calibrate(index, holdout_records, k=k, batch_size=batch_size, progress=progress)
     finally:
         cache.close()
-    return Guard(index=index, calibration=cal)
+    return Guard(index=index, calibration=cal, identifiers=tuple(identifiers_of([*train_records, *holdout_records])))
 
 
 def _check_same_training_set(index: GuardIndex, data_fp: str, who_fp: str) -> None:
@@ -190,12 +193,18 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
         cal = guard.calibration
         checks.append(VesselCheck(index=guard.index, threshold=cal.threshold(cal.vessel_scores, vp.quantile),
                                   calibration_info={"quantile": vp.quantile, "n_holdout": int(len(cal.vessel_scores))}))
-    # Filters that need no training data. Text: any burned-in text flags (structural detector, no OCR engine
-    # needed); identifier matching by OCR is available as TextCheck(blocklist=...) where tesseract exists.
     summary = guard.calibration.summary() if checks and guard is not None else {}
     for check in checks:  # the calibrated checks carry the holdout distributions their thresholds come from
         check.calibration = summary
-    for name, make in (("text", TextCheck), ("faces", FaceCheck), ("metadata", MetadataCheck)):
+    # Filters that need no training data. Text: any burned-in text row flags (structural detector); where the
+    # training and holdout sets are known, OCR reads each row for their identifiers (a hard block).
+    identifiers = guard.identifiers if guard is not None else ()
+    make_text = partial(TextCheck, blocklist=identifiers)
+    if identifiers and policy.identity.text.enabled:
+        progress.log(f"text: rows are read by OCR for {len(identifiers)} identifiers of the training and holdout "
+                     "sets" + ("" if tesseract_path() else "; tesseract is not installed, so an image with a text "
+                               "row fails closed (apt-get install -y tesseract-ocr)"))
+    for name, make in (("text", make_text), ("faces", FaceCheck), ("metadata", MetadataCheck)):
         if getattr(policy.identity, name).enabled:
             checks.append(make())
         else:
@@ -220,12 +229,12 @@ def _check_paths(release_dir: Path, out_dir: Path) -> None:
 
 
 def plan_checks(policy: Policy, index_dir: Path | None, embedder: str | Embedder,
-                calibration: Calibration | None) -> list[Check]:
+                calibration: Calibration | None, identifiers: tuple[str, ...] = ()) -> list[Check]:
     """Build the checks again from picklable parts (in a worker process: the index is loaded from its folder)."""
     guard = None
     if index_dir is not None and calibration is not None:
         emb = embedder_from_spec(embedder) if isinstance(embedder, str) else embedder
-        guard = Guard(index=load_index(index_dir, emb), calibration=calibration)
+        guard = Guard(index=load_index(index_dir, emb), calibration=calibration, identifiers=identifiers)
     return build_checks(policy=policy, guard=guard)
 
 
@@ -356,7 +365,8 @@ def audit_release(
     elif n_workers > 1:
         progress.log(f"checking in {n_workers} worker processes")
     factory = partial(plan_checks, policy, guard.index.path if guard else None,
-                      guard.index.embedder if guard else embedder, guard.calibration if guard else None)
+                      guard.index.embedder if guard else embedder, guard.calibration if guard else None,
+                      guard.identifiers if guard else ())
     made_out = not out_dir.exists()
     journal = Journal(out_dir, _journal_key(policy, checks, guard))
     try:

@@ -73,6 +73,16 @@ def blocks(status: str, action: Action | str | None) -> bool:
     return status != PASS and (status != FLAG or action == Action.BLOCK)
 
 
+HARD_BLOCKS = {"text": "text.identifier"}
+"""Per check, the score that blocks its image whatever the policy's action for that check when it is > 0: a
+burned-in identifier of a training or holdout patient is never only a warning."""
+
+
+def _hard_block(check: str, scores: dict[str, float]) -> bool:
+    key = HARD_BLOCKS.get(check)
+    return key is not None and float(scores.get(key, 0.0)) > 0
+
+
 def _tag(check: str, line: str) -> str:
     return line if line.startswith((f"{check}:", f"{check} ")) else f"{check}: {line}"
 
@@ -101,7 +111,8 @@ def _decide(file_name: str, statuses: dict[str, str], lines: dict[str, list[str]
             continue
         default = "flagged" if status == FLAG else "check could not run" if status == ERROR else f"status {status!r}"
         text = lines.get(check) or [f"{check}: {default}"]
-        (reasons if blocks(status, action_for(policy, check)) else warnings).extend(text)
+        hard = status == FLAG and _hard_block(check, scores)
+        (reasons if hard or blocks(status, action_for(policy, check)) else warnings).extend(text)
     return ImageResult(file_name=file_name, verdict="fail" if reasons else "pass", reasons=reasons,
                        scores=scores, warnings=warnings, checks=dict(statuses))
 

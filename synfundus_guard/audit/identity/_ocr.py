@@ -80,9 +80,17 @@ MIN_IDENTIFIER = 4
 
 
 def match_identifier(ocr_text: str, blocklist: list[str]) -> str | None:
-    """The first normalised blocklist entry found in ``ocr_text``, allowing one edit per five characters."""
+    """The normalised blocklist entry found in ``ocr_text`` with the fewest edits, allowing one edit per five
+    characters (ties: the first in ``blocklist``). Ids that differ in one digit both match a misread; the one
+    reported is the closest, so the private report names the identifier the text most likely spells."""
     hay = normalise(ocr_text)
+    best, best_cost = None, None
     for entry in blocklist:
-        if len(entry) >= MIN_IDENTIFIER and _edit_distance_in(entry, hay) <= len(entry) // 5:
-            return entry
-    return None
+        if len(entry) < MIN_IDENTIFIER:
+            continue
+        cost = _edit_distance_in(entry, hay)
+        if cost <= len(entry) // 5 and (best_cost is None or cost < best_cost):
+            best, best_cost = entry, cost
+            if cost == 0:
+                break
+    return best

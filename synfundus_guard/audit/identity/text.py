@@ -4,10 +4,12 @@ Fundus cameras, X-ray consoles, dermatoscopes and slide scanners burn patient na
 pixels, and generators learn to reproduce them. Any row of text the structural detector
 (:mod:`._textdetect`) finds flags the image ("burned-in text"): a release has no reason to carry text. Inside
 a fundus field of view a row needs :data:`MIN_GLYPHS_IN_FOV` glyphs, where anatomy can mimic a short row.
-When identifying strings from the training metadata are given (``blocklist``), the rows are also read by OCR
-(tesseract) and a fuzzy match is reported as "burned-in identifier" with ``text.identifier = 1``: the lead's
-policy treats that as a hard block whatever the filter's action. Without OCR the check still flags every
-text row; with a blocklist but no tesseract it fails closed.
+When identifying strings from the training metadata are given (``blocklist``; an audit or the guarded
+sampler passes the training and holdout sets' :func:`identifiers_of`), the rows are also read by OCR
+(tesseract) and a fuzzy match is reported as "burned-in identifier" with ``text.identifier = 1``, which every
+policy treats as a hard block whatever the text filter's action (``policies.evaluate.HARD_BLOCKS``). Without
+OCR the check still flags every text row; with a blocklist but no tesseract, an image with a text row fails
+closed (it cannot be read), and an image without one passes (there is nothing to read).
 """
 
 from __future__ import annotations
@@ -34,6 +36,24 @@ phantoms of seed 1007 and 5 of 200 of seed 4242 were flagged, none at 4; identif
 longer than 4 characters, and overlay recall in ``bench/bench_identity.py`` stayed at 99.8 %."""
 KEY_IDENTIFIER = "text.identifier"
 """Public score, present when OCR ran: 1 when a row spells a blocklisted identifier, else 0."""
+
+
+IDENTIFYING_COLUMNS = ("patient_id", "image_id", "name", "patient_name", "mrn", "medical_record_number",
+                       "accession", "accession_number", "study_id", "series_id", "dob", "birth_date",
+                       "date_of_birth", "study_date", "exam_date", "acquisition_date")
+"""labels.csv columns whose values identify a person or an examination (matched case-insensitively)."""
+
+
+def identifiers_of(records: Sequence[Any]) -> list[str]:
+    """The identifying strings of image records (:class:`~synfundus_guard.data.folder.ImageRecord`): patient and
+    image ids, and the values of :data:`IDENTIFYING_COLUMNS` in their labels; ids guard made up for images
+    without labels.csv rows (``"?" + file name``) are left out. Sorted, unique; private."""
+    found: set[str] = set()
+    for rec in records:
+        values = [rec.patient_id, rec.image_id if rec.image_id != rec.file_name else ""]
+        values += [v for k, v in rec.labels.items() if k.strip().lower() in IDENTIFYING_COLUMNS]
+        found.update(v.strip() for v in values if v and v.strip() and not v.startswith("?"))
+    return sorted(found)
 
 
 def merge_rows(rows: Sequence[TextRow]) -> list[TextRow]:
@@ -96,18 +116,20 @@ class TextCheck(Check):
                 "min_glyphs_in_fov": self.min_glyphs_in_fov}
 
     def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
-        binary = None
+        binary, missing = None, None
         if self.ocr:
             try:
                 binary = require_tesseract()
             except MissingDependencyError as exc:
-                return [failed_closed(self.name, str(exc)) for _ in batch]
-        return [self._check_one(c.image, binary) for c in batch]
+                missing = str(exc)
+        return [self._check_one(c.image, binary, missing) for c in batch]
 
-    def _check_one(self, image: np.ndarray, binary: str | None) -> Finding:
+    def _check_one(self, image: np.ndarray, binary: str | None, missing: str | None = None) -> Finding:
         fov = detect_fov(image if image.ndim == 3 else image[..., None])
         rows = [r for r in merge_rows(detect_text(image, self.options))
                 if r.glyphs >= self.min_glyphs_in_fov or not _inside(r, fov)]
+        if rows and missing is not None:  # text that should be read for identifiers, and no engine to read it
+            return failed_closed(self.name, f"{len(rows)} text row(s) to read for identifiers, but {missing}")
         scores = {KEY_ROWS: float(len(rows)), KEY_GLYPHS: float(max((r.glyphs for r in rows), default=0))}
         private: dict[str, Any] = {"rows": [{"box": list(r.box), "glyphs": r.glyphs, "polarity": r.polarity,
                                              "vertical": r.vertical} for r in rows]}
