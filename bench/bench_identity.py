@@ -12,11 +12,11 @@ operating point. Throughput: template building, matching, and the check with k=1
 
 Text: clean phantoms (seed 2, several visits and sizes) plus the real photographs (retina at four sizes and
 two rotations, microaneurysms) are the negatives; the positives are the same images with one random overlay
-each (every installed TrueType font plus PIL's bitmap and default fonts, 8-24 px, four corners and the
-centre, light and dark). Faces: LFW faces 0-49 pasted into phantoms of seed 901 tune ``min_haar``
-(``--tune-faces``); faces 50-99 pasted into phantoms of another seed, images of a second, independent renderer
-(``bench/alt_fundus.py``) and the real photograph evaluate it, per source (each face pasted ``--face-reps`` times,
-4 by default), plus samples of the shipped default model (clean).
+each (every installed TrueType font plus PIL's bitmap and default fonts, 8-24 px, four corners, the centre
+and the four edges of the field of view, light, grey and dark). Faces: LFW faces 0-49 pasted into phantoms of
+seed 901 tune ``min_haar`` (``--tune-faces``); faces 50-99 pasted into phantoms of another seed, images of a
+second, independent renderer (``bench/alt_fundus.py``) and the real photograph evaluate it, per source (each
+face pasted ``--face-reps`` times, 4 by default), plus samples of the shipped default model (clean).
 Identifiers (``ocr``): the shipped text check with a blocklist, as an audit builds it from the training labels:
 each background (phantoms, the real photographs, the second renderer) gets one random identifier; the blocklist
 holds every planted identifier plus ``--ocr-decoys`` others, and the same backgrounds with identifiers that are not
@@ -45,7 +45,7 @@ from synfundus_guard.audit.identity._containers import metadata_items  # noqa: E
 from synfundus_guard.audit.base import Candidate  # noqa: E402
 from synfundus_guard.audit.identity.text import TextCheck  # noqa: E402
 from synfundus_guard.audit.identity.metadata import strip_metadata  # noqa: E402
-from synfundus_guard.audit.identity.overlays import random_face, random_text  # noqa: E402
+from synfundus_guard.audit.identity.overlays import POSITIONS, TONES, random_face, random_text  # noqa: E402
 from synfundus_guard.data.fov import resize_image  # noqa: E402
 from synfundus_guard.data.perturb import affine  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
@@ -118,9 +118,8 @@ def bench_text(args: argparse.Namespace) -> None:
     pos_a = np.array(pos)
     rows = []
     for label, sel in [("all", np.ones(len(meta), bool)),
-                       ("light", np.array([m.light for m in meta])), ("dark", np.array([not m.light for m in meta])),
-                       *[(p, np.array([m.position == p for m in meta])) for p in
-                         ("top-left", "top-right", "bottom-left", "bottom-right", "centre")],
+                       *[(tone, np.array([m.tone == tone for m in meta])) for tone in TONES],
+                       *[(p, np.array([m.position == p for m in meta])) for p in POSITIONS],
                        ("8-12 px", np.array([m.size <= 12 for m in meta])),
                        ("13-18 px", np.array([13 <= m.size <= 18 for m in meta])),
                        ("19-24 px", np.array([m.size >= 19 for m in meta]))]:
@@ -132,7 +131,7 @@ def bench_text(args: argparse.Namespace) -> None:
     table("Clean images flagged (false positives)", ["images", "n", "flagged"], fp_rows)
     missed = [m for m, p in zip(meta, pos) if not p]
     if missed:
-        print("missed:", "; ".join(f"{Path(m.font).stem} {m.size}px {m.position} {'light' if m.light else 'dark'}"
+        print("missed:", "; ".join(f"{Path(m.font).stem} {m.size}px {m.position} {m.tone}"
                                    f" {m.text!r}" for m in missed[:10]))
     rate = (len(clean) + len(pos)) / (t_neg + t_pos)
     SUMMARY.append(["text", f"TPR {100 * pos_a.mean():.1f} % ({len(pos)}), FPR {100 * np.mean(neg):.2f} % "

@@ -12,7 +12,7 @@ from synfundus_guard.audit.base import Candidate
 from synfundus_guard.audit.identity import TextCheck, TextOptions, detect_text
 from synfundus_guard.audit.identity import _ocr
 from synfundus_guard.audit.identity.overlays import draw_text, font_names
-from synfundus_guard.audit.identity.text import identifiers_of
+from synfundus_guard.audit.identity.text import FAINT_LEVEL, identifiers_of
 from synfundus_guard.data.folder import ImageRecord
 from synfundus_guard.data.fov import resize_image
 from synfundus_guard.data.phantom import PhantomPatient, render_visit
@@ -169,3 +169,21 @@ def test_ocr_reads_a_quarter_turned_identifier(retina512: np.ndarray) -> None:
     img = _quarter_turned(retina512, "ID 4829163", turns=1, size=20)
     [hit] = TextCheck(blocklist=["4829163"]).check_batch([Candidate("a.png", img)])
     assert hit.flagged and hit.scores["text.identifier"] == 1.0
+
+
+def test_faint_rows_inside_the_field_of_view_need_six_glyphs() -> None:
+    """The optic disc cut by vessels reads as a faint 4-glyph row at the lowest contrast level; inside the field
+    of view such a weak row needs 6 glyphs, so the clean image passes."""
+    img = render_visit(PhantomPatient.from_seed(41, 96), visit=0, size=256, seed=41)[0]
+    assert any(r.level < FAINT_LEVEL for r in detect_text(img))
+    (finding,) = TextCheck(ocr=False).check_batch([Candidate("a.png", img)])
+    assert not finding.flagged and finding.scores["text.rows"] == 0
+
+
+@pytest.mark.parametrize("position", ["fov-top", "fov-bottom", "fov-left", "fov-right"])
+def test_grey_stamps_on_the_rim_of_the_field_of_view_are_found(position: str) -> None:
+    img = render_visit(PhantomPatient.from_seed(5, 3), visit=0, size=512, seed=5)[0]
+    stamped, _ = draw_text(img, "ID 48213377", font="pil-default", size=14, position=position, light=True,
+                           colour=(96, 96, 96))
+    assert TextCheck(ocr=False).check_batch([Candidate("a.png", stamped)])[0].flagged
+    assert not TextCheck(ocr=False).check_batch([Candidate("a.png", img)])[0].flagged

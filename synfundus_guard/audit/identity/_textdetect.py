@@ -37,8 +37,9 @@ class TextOptions:
 
     footprint: int = 7
     """Side of the top-hat square: strokes narrower than this are kept (text up to ~24 px has strokes <= 4)."""
-    levels: tuple[float, ...] = (0.15, 0.25, 0.4, 0.6)
-    """Contrast levels at which the top-hat is cut."""
+    levels: tuple[float, ...] = (0.08, 0.15, 0.25, 0.4, 0.6)
+    """Contrast levels at which the top-hat is cut (0.08: grey or dark stamps over the dark fundus periphery; the
+    text check asks more glyphs of rows found only there inside the field of view)."""
     noise_factor: float = 5.0
     """Levels below this many noise standard deviations (estimated per image) are skipped."""
     min_height: int = 4

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -17,9 +17,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ...data.images import to_uint8
 
-POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+FOV_EDGES = ("fov-top", "fov-bottom", "fov-left", "fov-right")
+"""Centred on an edge of the image, 4 % (top, bottom) or 2 % (sides) in: over the rim of a fundus field of view."""
+POSITIONS = (*CORNERS, "centre", *FOV_EDGES)
 LIGHT = ((255, 255, 255), (255, 255, 0), (0, 255, 0), (0, 255, 255), (230, 230, 230))
+GREY = ((128, 128, 128), (96, 96, 96), (160, 160, 160), (110, 110, 110))
 DARK = ((0, 0, 0), (0, 0, 128), (20, 20, 20), (60, 0, 0))
+TONES = {"light": LIGHT, "grey": GREY, "dark": DARK}
+"""Palettes by tone; grey is drawn like light text (no label box), low contrast on black and on the fundus."""
 FONT_GLOBS = ("/usr/share/fonts/**/*.ttf", "/usr/share/fonts/**/*.otf", "/usr/local/share/fonts/**/*.ttf")
 
 
@@ -70,13 +76,16 @@ class TextOverlay:
     position: str
     light: bool
     box: tuple[int, int, int, int]
+    tone: str = ""
+    """``light``, ``grey`` or ``dark`` (empty when drawn with an explicit colour)."""
 
 
 def draw_text(img: np.ndarray, text: str, *, font: str, size: int, position: str, light: bool,
               colour: tuple[int, int, int], margin: int = 4) -> tuple[np.ndarray, TextOverlay]:
     """Burn ``text`` into a copy of ``img`` (float RGB) and return it with the overlay's parameters.
 
-    Dark text in a corner (where a fundus photograph is black) is drawn on a light label box, as cameras do.
+    Dark text in a corner (where a fundus photograph is black) is drawn on a light label box, as cameras do;
+    elsewhere (the centre, the rim of the field of view: :data:`FOV_EDGES`) it is drawn straight on the image.
     """
     pil = Image.fromarray(to_uint8(img))
     draw = ImageDraw.Draw(pil)
@@ -86,9 +95,11 @@ def draw_text(img: np.ndarray, text: str, *, font: str, size: int, position: str
     h, w = img.shape[:2]
     left = {"top-left": margin, "bottom-left": margin, "top-right": w - tw - margin, "bottom-right": w - tw - margin}
     top = {"top-left": margin, "top-right": margin, "bottom-left": h - th - margin, "bottom-right": h - th - margin}
+    left.update({"fov-left": int(0.02 * w), "fov-right": w - tw - int(0.02 * w)})
+    top.update({"fov-top": int(0.04 * h), "fov-bottom": h - th - int(0.04 * h)})
     px, py = left.get(position, (w - tw) // 2), top.get(position, (h - th) // 2)
     px, py = max(0, px), max(0, py)
-    if not light and position != "centre":
+    if not light and position in CORNERS:
         draw.rectangle((px - 3, py - 3, px + tw + 3, py + th + 3), fill=(235, 235, 225))
     draw.text((px - x0, py - y0), text, font=f, fill=colour)
     out = np.asarray(pil, dtype=np.float32) / 255.0
@@ -97,16 +108,22 @@ def draw_text(img: np.ndarray, text: str, *, font: str, size: int, position: str
 
 def random_text(img: np.ndarray, rng: np.random.Generator, *, sizes: tuple[int, int] = (8, 24),
                 position: str | None = None, light: bool | None = None) -> tuple[np.ndarray, TextOverlay]:
-    """Burn a random identifier (random font, size, position, polarity and colour) into a copy of ``img``."""
+    """Burn a random identifier (random font, size, position, tone and colour) into a copy of ``img``: light,
+    grey or dark (0.4/0.2/0.4) unless ``light`` fixes it, in a corner, the centre or on the rim of the field of
+    view (:data:`POSITIONS`)."""
     names = font_names()
     font = names[int(rng.integers(len(names)))]
     size = int(rng.integers(sizes[0], sizes[1] + 1))
     position = position or POSITIONS[int(rng.integers(len(POSITIONS)))]
-    light = bool(rng.random() < 0.5) if light is None else light
-    palette = LIGHT if light else DARK
+    if light is None:
+        tone = ("light", "grey", "dark")[int(rng.choice(3, p=(0.4, 0.2, 0.4)))]
+    else:
+        tone = "light" if light else "dark"
+    palette = TONES[tone]
     colour = palette[int(rng.integers(len(palette)))]
-    return draw_text(img, random_identifier(rng), font=font, size=size, position=position, light=light,
-                     colour=colour)
+    out, overlay = draw_text(img, random_identifier(rng), font=font, size=size, position=position,
+                             light=tone != "dark", colour=colour)
+    return out, replace(overlay, tone=tone)
 
 
 def paste_face(img: np.ndarray, face: np.ndarray, *, side: int, top: int, left: int) -> np.ndarray:
