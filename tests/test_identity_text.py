@@ -12,7 +12,7 @@ from synfundus_guard.audit.base import Candidate
 from synfundus_guard.audit.identity import TextCheck, TextOptions, detect_text
 from synfundus_guard.audit.identity import _ocr
 from synfundus_guard.audit.identity.overlays import draw_text, font_names
-from synfundus_guard.audit.identity.text import FAINT_LEVEL, identifiers_of
+from synfundus_guard.audit.identity.text import FAINT_LEVEL, identifiers_of, spellings
 from synfundus_guard.data.folder import ImageRecord
 from synfundus_guard.data.fov import resize_image
 from synfundus_guard.data.phantom import PhantomPatient, render_visit
@@ -99,7 +99,10 @@ def test_identifiers_of_records_are_ids_and_identifying_columns_only(tmp_path: P
                         {"Patient_Name": "DOE^JANE", "study_date": "2021-03-04", "dr_grade": "2", "site": "Lyon"}),
             ImageRecord("b.png", tmp_path / "b.png", "b.png", "?b.png", {}),
             ImageRecord("c.png", tmp_path / "c.png", "c.png", "PAT-7", {"name": " "})]
-    assert identifiers_of(recs) == ["2021-03-04", "DOE^JANE", "IMG-7", "PAT-7"]
+    assert identifiers_of(recs) == ["03/04/2021", "04/03/2021", "2021-03-04", "DOE^JANE", "IMG-7", "JANE DOE",
+                                    "PAT-7"]
+    assert spellings("20210304") == ["20210304", "04/03/2021", "03/04/2021"]
+    assert spellings("2021-13-04") == ["2021-13-04"] and spellings("P00012") == ["P00012"]
 
 
 def test_blocklist_needs_ocr() -> None:
@@ -187,3 +190,25 @@ def test_grey_stamps_on_the_rim_of_the_field_of_view_are_found(position: str) ->
                            colour=(96, 96, 96))
     assert TextCheck(ocr=False).check_batch([Candidate("a.png", stamped)])[0].flagged
     assert not TextCheck(ocr=False).check_batch([Candidate("a.png", img)])[0].flagged
+
+
+@pytest.mark.skipif(_ocr.tesseract_path() is None, reason="tesseract not installed (apt-get install -y tesseract-ocr)")
+def test_a_name_split_over_two_rows_is_matched_in_page_order(retina512: np.ndarray) -> None:
+    """Given name and family name burned in far enough apart to be two rows: neither row alone is the identifier,
+    the rows joined in page order are (the labels store the DICOM form SMITH^ANNA)."""
+    img, _ = draw_text(retina512, "ANNA", font="pil-default", size=20, position="bottom-left", light=True,
+                       colour=(255, 255, 255))
+    img, _ = draw_text(img, "SMITH", font="pil-default", size=20, position="bottom-right", light=True,
+                       colour=(255, 255, 255))
+    [hit] = TextCheck(blocklist=spellings("SMITH^ANNA")).check_batch([Candidate("a.png", img)])
+    assert hit.scores["text.rows"] >= 2 and hit.scores["text.identifier"] == 1.0, hit.private["ocr"]
+
+
+@pytest.mark.skipif(_ocr.tesseract_path() is None, reason="tesseract not installed (apt-get install -y tesseract-ocr)")
+def test_an_iso_date_of_the_labels_is_found_burned_in_day_first(retina512: np.ndarray) -> None:
+    img, _ = draw_text(retina512, "11/08/2020 17:51", font="pil-default", size=20, position="bottom-left",
+                       light=True, colour=(255, 255, 255))
+    [hit] = TextCheck(blocklist=spellings("2020-08-11")).check_batch([Candidate("a.png", img)])
+    assert hit.scores["text.identifier"] == 1.0, hit.private["ocr"]
+    [miss] = TextCheck(blocklist=["2020-08-11"]).check_batch([Candidate("a.png", img)])
+    assert miss.scores["text.identifier"] == 0.0, "the ISO spelling alone is not what the camera burned in"

@@ -14,6 +14,7 @@ closed (it cannot be read), and an image without one passes (there is nothing to
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -54,15 +55,34 @@ IDENTIFYING_COLUMNS = ("patient_id", "image_id", "name", "patient_name", "mrn", 
 """labels.csv columns whose values identify a person or an examination (matched case-insensitively)."""
 
 
+_ISO_DATE = re.compile(r"^\s*(\d{4})[-/.]?(\d{2})[-/.]?(\d{2})(?:[T ].*)?$")
+_PERSON_NAME = re.compile(r"^\s*([^\^]+)\^([^\^]+)")
+
+
+def spellings(value: str) -> list[str]:
+    """``value`` and the other ways a camera burns it in: an ISO date (``2021-03-04``) also as day-month-year
+    and month-day-year (``04/03/2021``, ``03/04/2021``); a DICOM person name (``DOE^JANE``) also given name
+    first (``JANE DOE``)."""
+    out = [value]
+    if m := _ISO_DATE.match(value):
+        year, month, day = m.groups()
+        if 1 <= int(month) <= 12 and 1 <= int(day) <= 31:
+            out += [f"{day}/{month}/{year}", f"{month}/{day}/{year}"]
+    if m := _PERSON_NAME.match(value):
+        out.append(f"{m.group(2).strip()} {m.group(1).strip()}")
+    return out
+
+
 def identifiers_of(records: Sequence[Any]) -> list[str]:
     """The identifying strings of image records (:class:`~synfundus_guard.data.folder.ImageRecord`): patient and
-    image ids, and the values of :data:`IDENTIFYING_COLUMNS` in their labels; ids guard made up for images
-    without labels.csv rows (``"?" + file name``) are left out. Sorted, unique; private."""
+    image ids, and the values of :data:`IDENTIFYING_COLUMNS` in their labels, each in its other burned-in
+    :func:`spellings`; ids guard made up for images without labels.csv rows (``"?" + file name``) are left out.
+    Sorted, unique; private."""
     found: set[str] = set()
     for rec in records:
         values = [rec.patient_id, rec.image_id if rec.image_id != rec.file_name else ""]
         values += [v for k, v in rec.labels.items() if k.strip().lower() in IDENTIFYING_COLUMNS]
-        found.update(v.strip() for v in values if v and v.strip() and not v.startswith("?"))
+        found.update(s for v in values if v and v.strip() and not v.startswith("?") for s in spellings(v.strip()))
     return sorted(found)
 
 
@@ -155,9 +175,13 @@ class TextCheck(Check):
         if rows:
             reasons.append(f"burned-in text: {len(rows)} row(s), up to {int(scores[KEY_GLYPHS])} characters")
         if binary is not None:
+            # read in page order, so that an identifier split over two rows (a date and its time, a name and
+            # its initial) is also matched in the rows' joined text
+            ordered = sorted(rows[: self.max_ocr_rows], key=lambda r: (r.box[1], r.box[0]))
             texts = [read_line(crop, light=r.polarity == "light", binary=binary)
-                     for r in rows[: self.max_ocr_rows] for crop in _crops(image, r)]
-            hit = next((m for m in (match_identifier(t, self.blocklist) for t in texts) if m), None)
+                     for r in ordered for crop in _crops(image, r)]
+            joined = [" ".join(texts)] if len(texts) > 1 else []
+            hit = next((m for m in (match_identifier(t, self.blocklist) for t in texts + joined) if m), None)
             scores[KEY_IDENTIFIER] = float(hit is not None)
             private["ocr"] = texts
             if hit is not None:
