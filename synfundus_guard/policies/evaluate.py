@@ -79,8 +79,8 @@ burned-in identifier of a training or holdout patient is never only a warning.""
 
 
 def _hard_block(check: str, scores: dict[str, float]) -> bool:
-    key = HARD_BLOCKS.get(check)
-    return key is not None and float(scores.get(key, 0.0)) > 0
+    value = scores.get(HARD_BLOCKS.get(check, ""))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _tag(check: str, line: str) -> str:
@@ -120,7 +120,8 @@ def _decide(file_name: str, statuses: dict[str, str], lines: dict[str, list[str]
 def image_result(file_name: str, findings: Sequence[Finding], policy: Policy) -> ImageResult:
     """Decide one image from its findings (one per check) under ``policy``.
 
-    The image fails when a check whose action is ``block`` flagged it, or when any check errored. Flags from
+    The image fails when a check whose action is ``block`` flagged it, when a flag carries its check's
+    :data:`HARD_BLOCKS` score (a burned-in identifier), or when any check errored. Flags from
     ``warn`` checks, and from checks the policy disables or does not know, become warnings. Reasons are
     prefixed with the check name; scores of all findings are merged.
     """
