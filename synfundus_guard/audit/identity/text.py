@@ -41,7 +41,7 @@ MIN_GLYPHS_WEAK_IN_FOV = 6
 the optic disc cut by vessels as a faint one: on clean images of the tuning split (phantom seed 41 and the second
 renderer's seed 23, 128-512 px) 4- and 5-glyph rows of these kinds were the only flags. Labels printed at a
 quarter turn sit in the black surround, where ``options.min_glyphs_vertical`` still applies, and identifiers
-are longer than 6 characters."""
+(ids, names, dates) have at least 6 characters."""
 FAINT_LEVEL = 0.15
 """Contrast below which a row is faint (the detector's lowest level, 0.08, finds grey or dark stamps over the
 dark periphery of the fundus)."""
