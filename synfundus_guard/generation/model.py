@@ -133,6 +133,11 @@ class LoadedModel:
         size = self.unet.config.sample_size
         return int(size if isinstance(size, int) else size[0])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the UNet runs (``load_model``'s ``device``)."""
+        return next(self.unet.parameters()).device
+
     def public_info(self) -> dict[str, Any]:
         """Model facts for a manifest or report (``release_checks["model"]``): no training file names."""
         info: dict[str, Any] = {"fingerprint": self.fingerprint, "trained_by": "synfundus-guard" if self.card

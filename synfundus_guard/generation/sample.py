@@ -66,7 +66,7 @@ def sample_batch(model: LoadedModel, indices: Sequence[int], *, seed: int,
         if matching is not None:
             classes.append(model.conditioning.draw(matching, g))  # type: ignore[union-attr]
         seeds.append(s)
-    device = next(model.unet.parameters()).device  # noise is drawn on the CPU: the same start on every device
+    device = model.device  # noise is drawn on the CPU: the same start on every device
     x = (torch.stack(noises) * model.scheduler.init_noise_sigma).to(device)
     class_labels = torch.tensor(classes, dtype=torch.long, device=device) if matching is not None else None
     scheduler = type(model.scheduler).from_config(model.scheduler.config)  # own timestep state per call

@@ -183,7 +183,7 @@ def sampling_leaves_cpu_free(model: LoadedModel) -> bool:
 
     import torch
 
-    on_cpu = next(model.unet.parameters()).device.type == "cpu"
+    on_cpu = model.device.type == "cpu"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return not on_cpu or cores > torch.get_num_threads()
 

@@ -49,10 +49,11 @@ KEY_IDENTIFIER = "text.identifier"
 """Public score, present when OCR ran: 1 when a row spells a blocklisted identifier, else 0."""
 
 
-IDENTIFYING_COLUMNS = ("patient_id", "image_id", "name", "patient_name", "mrn", "medical_record_number",
-                       "accession", "accession_number", "study_id", "series_id", "dob", "birth_date",
-                       "date_of_birth", "study_date", "exam_date", "acquisition_date")
-"""labels.csv columns whose values identify a person or an examination (matched case-insensitively)."""
+IDENTIFYING_COLUMNS = ("name", "patient_name", "mrn", "medical_record_number", "accession", "accession_number",
+                       "study_id", "series_id", "dob", "birth_date", "date_of_birth", "study_date", "exam_date",
+                       "acquisition_date")
+"""labels.csv columns, beside ``patient_id`` and ``image_id`` (record fields, not labels), whose values identify
+a person or an examination (matched case-insensitively)."""
 
 
 _ISO_DATE = re.compile(r"^\s*(\d{4})[-/.]?(\d{2})[-/.]?(\d{2})(?:[T ].*)?$")
