@@ -182,10 +182,31 @@ def test_index_from_another_training_set_or_embedder_is_refused(ds, tmp_path):
     assert res.exit_code == 2 and "different training set" in res.output
     # same index, different embedder fingerprint
     meta = json.loads((index / "meta.json").read_text())
-    meta["feature_fingerprint"] = "openclip:ViT-B-32:sha256:0000"
+    ok_fp, meta["feature_fingerprint"] = meta["feature_fingerprint"], "openclip:ViT-B-32:sha256:0000"
     (index / "meta.json").write_text(json.dumps(meta))
     res = runner.invoke(app, audit_args(ds, ds["clean"], tmp_path / "o3", "--index", str(index), "--no-manifest"))
     assert res.exit_code == 2 and "built with embedder" in res.output
+    # vessel templates of another guard version
+    meta["feature_fingerprint"], meta["vessel_version"] = ok_fp, "vessel-v2:96"
+    (index / "meta.json").write_text(json.dumps(meta))
+    res = runner.invoke(app, audit_args(ds, ds["clean"], tmp_path / "o4", "--index", str(index), "--no-manifest"))
+    assert res.exit_code == 2 and "another guard version" in res.output and "vessel-v2:96" in res.output
+
+
+def test_cached_index_of_another_template_version_is_rebuilt_not_refused(ds, tmp_path, monkeypatch):
+    """An upgrade that changes the stored templates builds a new cached index beside the old one."""
+    from synfundus_guard.audit import runner as audit_runner
+    from synfundus_guard.index import store
+
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as m:  # the index an older guard left in the cache
+        m.setattr(audit_runner, "VESSEL_VERSION", "vessel-v2:96")
+        m.setattr(store, "VESSEL_VERSION", "vessel-v2:96")
+        old = audit_runner.prepare_guard(train_dir=ds["train"], holdout_dir=ds["holdout"], k=5, cache_dir=cache)
+    assert json.loads((old.index.path / "meta.json").read_text())["vessel_version"] == "vessel-v2:96"
+    new = audit_runner.prepare_guard(train_dir=ds["train"], holdout_dir=ds["holdout"], k=5, cache_dir=cache)
+    assert new.index.path != old.index.path and (old.index.path / "meta.json").is_file()
+    assert new.index.meta["vessel_version"] == store.VESSEL_VERSION
 
 
 def test_worker_processes_give_the_same_report_as_one_process(ds, leaky_run, tmp_path):

@@ -115,3 +115,61 @@ def test_vesselness_equals_scikit_image_frangi():
         ours, ref = frangi_dark(eq, (1.0, 1.5, 2.0)), frangi(eq, sigmas=(1.0, 1.5, 2.0), black_ridges=True)
         assert ours.dtype == ref.dtype and ref.max() > 0.5
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
+
+
+def _disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_suppress_lesions_flattens_blobs_and_spots_and_keeps_vessels():
+    """A dark blob (haemorrhage) is filled and a bright spot (cotton-wool) clipped; a curved vessel as wide as the
+    blob keeps its depth, thin oblique ones at least half of it, and the Frangi map still finds the vessel. The
+    image is smoothed as :func:`_equalised` smooths a canonical image (sigma 0.7) before ranking it."""
+    from scipy import ndimage as ndi
+
+    from synfundus_guard.audit.pixel_match import LESION_CLIP, suppress_lesions, vesselness
+
+    side = 96
+    yy, xx = np.mgrid[:side, :side]
+    inner = (yy > 8) & (yy < side - 8) & (xx > 8) & (xx < side - 8)
+    bend = np.abs(yy - (20 + 0.004 * (xx - 48) ** 2)) <= 1.5  # a 4 px wide, gently curved vessel
+    blob = _disc((side, side), 62, 25, 2.5)  # 6 px across, as wide as that vessel
+    spot = _disc((side, side), 70, 45, 3.0)  # 7 px across
+    for slope, offset in ((0.3, 60.0), (0.7, 60.4), (-0.45, 70.5)):  # thin vessels between the segments' angles
+        thin = np.abs(xx - slope * yy - offset) <= 0.5
+        eq = np.zeros((side, side), np.float32)
+        eq[bend | thin | blob] = -1.0
+        eq[spot] = 1.0
+        eq = ndi.gaussian_filter(eq, 0.7)
+        out = suppress_lesions(eq)
+        core = thin & inner & ~_disc((side, side), 62, 25, 6.0) & ~_disc((side, side), 70, 45, 8.0)
+        assert np.mean(out[core] / eq[core]) > 0.5, slope  # thin oblique vessels keep at least half their depth
+        assert np.mean(out[bend & inner] / eq[bend & inner]) > 0.9
+        assert out[blob].min() > 0.3 * eq[blob].min()  # filled towards the background
+        assert out[spot].max() < LESION_CLIP + 0.1 < 0.5 * eq[spot].max()  # clipped near the local median
+        assert vesselness(out)[bend].mean() > 0.5 * vesselness(eq)[bend].mean()
+
+
+def test_lesions_change_a_visit_s_vessel_template_less_than_before():
+    """The template of a DR grade >= 3 visit correlates better with the same visit rendered without lesions
+    (same pose, light, blur) once lesions are suppressed."""
+    from unittest import mock
+
+    from synfundus_guard.audit import pixel_match
+
+    def ncc(a, b):
+        a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    seed, rows = SEED, []
+    patients = [p for p in range(60) if PhantomPatient.from_seed(seed, p).dr_grade(1) >= 3][:4]
+    assert len(patients) == 4
+    for p in patients:
+        pt = PhantomPatient.from_seed(seed, p)
+        sick, clean = (render_visit(pt, visit=1, size=SIZE, seed=seed, lesions=lesions)[0] for lesions in (True, False))
+        now = ncc(make_sketch(sick, "vessel"), make_sketch(clean, "vessel"))
+        with mock.patch.object(pixel_match, "suppress_lesions", lambda eq: eq):
+            before = ncc(make_sketch(sick, "vessel"), make_sketch(clean, "vessel"))
+        rows.append((before, now))
+    assert all(now > before + 0.05 for before, now in rows), rows

@@ -35,6 +35,7 @@ from ..results import ImageResult, ReleaseVerdict, Report, summarize
 from .base import Check, Finding
 from .journal import Journal, decode_findings, holds_journal
 from .memorization import MemorizationCheck
+from .pixel_match import SKETCH_VERSION, VESSEL_VERSION
 from .identity.faces import FaceCheck
 from .identity.metadata import MetadataCheck
 from .identity._ocr import tesseract_path
@@ -98,8 +99,9 @@ def prepare_guard(
     shas = hash_records(train_records, progress, "training set")
     data_fp, who_fp = dataset_fingerprint(shas), identity_fingerprint(train_records, shas)
     if index_dir is None:
-        # keyed by names and patient ids too: the same bytes under other ids are another training set
-        key = sha256_bytes(emb.feature_fingerprint().encode())[:8]
+        # keyed by names and patient ids too: the same bytes under other ids are another training set; and by the
+        # stored templates' versions, so an upgrade that changes them builds a new index instead of refusing the old
+        key = sha256_bytes(f"{emb.feature_fingerprint()}|{SKETCH_VERSION}|{VESSEL_VERSION}".encode())[:8]
         index_dir = cache_dir / "index" / f"{who_fp[:16]}-{key}-{INDEX_VERSION}"
     index_dir = Path(index_dir)
     cache = ArrayCache(cache_dir / "features.sqlite")

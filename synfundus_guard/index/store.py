@@ -328,7 +328,9 @@ def load_index(path: Path, embedder: Embedder) -> GuardIndex:
             f"not {embedder.feature_fingerprint()!r}; rebuild it or use the same --embedder"
         )
     if meta.get("sketch_version") != SKETCH_VERSION or meta.get("vessel_version") != VESSEL_VERSION:
-        raise IndexMismatchError(f"index {path} has sketches {meta.get('sketch_version')!r}, expected {SKETCH_VERSION}")
+        raise IndexMismatchError(
+            f"index {path} holds templates {meta.get('sketch_version')!r}/{meta.get('vessel_version')!r} of another "
+            f"guard version, not {SKETCH_VERSION}/{VESSEL_VERSION}; give another --index folder to rebuild")
     try:
         with np.load(path / "embedder.npz", allow_pickle=False) as z:
             embedder.load_state({k: z[k] for k in z.files})
