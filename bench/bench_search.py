@@ -1,0 +1,127 @@
+"""Search that scales (issue 10, part 2): recall@10 against exact search, queries/s, build time and memory of FAISS
+index kinds over embeddings of fundus-like images, at 100 k and 1 M indexed vectors.
+
+    .venv/bin/python bench/bench_search.py [--real 1500] [--sizes 100000,1000000] [--queries 2000] [--hnsw-max N]
+
+Data: ``--real`` phantom images (seed 51, 128 px, visits 0 and 1 of ``--real``/2 patients) are embedded by the
+default embedder, its PCA fitted on them as an index build fits it. A Gaussian mixture (64 components, diagonal
+covariance) fitted to those embeddings is sampled to each size and L2-normalised as the embedder's output is: the
+vectors keep the embeddings' clusters and spectrum, which decide how approximate search fares (random vectors
+would not). Queries are fresh mixture samples plus embeddings of phantom images of other patients (seed 52),
+which the mixture never saw. The baseline is exact inner-product search (``IndexFlatIP``, what the index uses
+today) in the same run; recall@10 is the share of its 10 neighbours an index returns. FAISS uses every core.
+IVF indexes have 4 sqrt(n) lists, trained on 32 vectors per list; HNSW is built only up to ``--hnsw-max``.
+Rendering the phantom images dominates the run (about 11 minutes for 1500 on 2 cores); the whole run ~20 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sklearn.mixture import GaussianMixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import table  # noqa: E402
+from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
+from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec  # noqa: E402
+
+K = 10
+
+
+def real_embeddings(n: int, n_other: int) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of ``n`` phantom images (PCA fitted on them) and of ``n_other`` images of other patients."""
+    emb = embedder_from_spec(DEFAULT_SPEC)
+
+    def images(seed: int, count: int) -> list[np.ndarray]:
+        return [render_visit(PhantomPatient.from_seed(seed, p), visit=v, size=128, seed=seed)[0]
+                for p in range((count + 1) // 2) for v in range(2)][:count]
+
+    feats = np.concatenate([emb.features(images(51, n)[i : i + 64]) for i in range(0, n, 64)])
+    emb.fit(feats)
+    other = emb.features(images(52, n_other))
+    return emb.project(feats), emb.project(other)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+
+
+def index_bytes(index: faiss.Index) -> int:
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def timed_search(index: faiss.Index, q: np.ndarray) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    _, ids = index.search(q, K)
+    return ids, len(q) / (time.perf_counter() - t)
+
+
+def recall(ids: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, exact)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--real", type=int, default=1500)
+    ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100_000, 1_000_000])
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--hnsw-max", type=int, default=100_000, help="build HNSW only up to this size (slow to build)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    base, other = real_embeddings(args.real, min(args.queries // 4, 500))
+    print(f"{len(base)} phantom embeddings (dim {base.shape[1]}) in {time.perf_counter() - t0:.0f} s; "
+          f"{faiss.omp_get_max_threads()} FAISS threads", flush=True)
+    gmm = GaussianMixture(64, covariance_type="diag", reg_covar=1e-4, random_state=0).fit(base)
+    rows = []
+    for n in args.sizes:
+        x = normalise(gmm.sample(n)[0][np.random.default_rng(n).permutation(n)])
+        q = np.concatenate([normalise(gmm.sample(args.queries - len(other))[0]), other])
+        t = time.perf_counter()
+        flat = faiss.IndexFlatIP(x.shape[1])
+        flat.add(x)
+        build = time.perf_counter() - t
+        exact, qps = timed_search(flat, q)
+        rows.append([f"{n:,}", "flat (exact, today)", "-", f"{build:.1f}", f"{index_bytes(flat) / 2**20:.0f}",
+                     f"{qps:,.0f}", "1.000", "1.00x"])
+        base_qps = qps
+        del flat
+        nlist = int(4 * np.sqrt(n))
+        t = time.perf_counter()
+        quantizer = faiss.IndexFlatIP(x.shape[1])  # kept referenced: the IVF index does not own it
+        ivf = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(x[np.random.default_rng(0).choice(n, min(n, 32 * nlist), replace=False)])
+        ivf.add(x)
+        build = time.perf_counter() - t
+        for nprobe in (16, 32, 64, 128):
+            ivf.nprobe = nprobe
+            ids, qps = timed_search(ivf, q)
+            rows.append([f"{n:,}", f"IVF{nlist},Flat", f"nprobe {nprobe}", f"{build:.1f}",
+                         f"{index_bytes(ivf) / 2**20:.0f}", f"{qps:,.0f}", f"{recall(ids, exact):.4f}",
+                         f"{qps / base_qps:.1f}x"])
+        del ivf
+        if n <= args.hnsw_max:
+            t = time.perf_counter()
+            hnsw = faiss.IndexHNSWFlat(x.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = 80
+            hnsw.add(x)
+            build = time.perf_counter() - t
+            for ef in (64, 128, 256):
+                hnsw.hnsw.efSearch = ef
+                ids, qps = timed_search(hnsw, q)
+                rows.append([f"{n:,}", "HNSW32", f"efSearch {ef}", f"{build:.1f}",
+                             f"{index_bytes(hnsw) / 2**20:.0f}", f"{qps:,.0f}", f"{recall(ids, exact):.4f}",
+                             f"{qps / base_qps:.1f}x"])
+            del hnsw
+        table(f"Search over {n:,} fundus-like vectors (dim {x.shape[1]}), {len(q)} queries, k = {K}",
+              ["indexed", "index", "setting", "build s", "MiB", "queries/s", f"recall@{K}", "vs exact"],
+              [r for r in rows if r[0] == f"{n:,}"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""FAISS index kinds: exact by default; an IVF index, built on request, finds what exact search finds."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from synfundus_guard.data.folder import write_image_folder
+from synfundus_guard.data.phantom import PhantomPatient, render_visit
+from synfundus_guard.embed.cache import ArrayCache
+from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec
+from synfundus_guard.errors import InputError
+from synfundus_guard.index.store import IVF_NPROBE, build_index, index_kind, ivf_lists
+
+
+def test_index_kinds_and_ivf_lists():
+    assert [index_kind(k) for k in ("flat", "ivf", "hnsw")] == ["flat", "ivf", "hnsw"]
+    assert ivf_lists(1_000_000) == 4000 and ivf_lists(1) == 4
+    with pytest.raises(InputError, match="unknown index kind 'lsh'"):
+        index_kind("lsh")
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kind")
+    write_image_folder(root / "train", [(f"p{p:03d}.png", render_visit(PhantomPatient.from_seed(8, p), visit=0,
+                                                                         size=64, seed=8)[0], f"I{p}", f"P{p}")
+                                        for p in range(80)])
+    return root
+
+
+def test_ivf_index_finds_the_exact_neighbours_and_keeps_nprobe_after_loading(train, tmp_path):
+    cache = ArrayCache(tmp_path / "features.sqlite")
+    try:
+        built = {kind: build_index(train_dir=train / "train", out_dir=tmp_path / kind, cache=cache, kind=kind,
+                                   embedder=embedder_from_spec(DEFAULT_SPEC)) for kind in ("flat", "ivf")}
+    finally:
+        cache.close()
+    assert json.loads((tmp_path / "ivf" / "meta.json").read_text())["kind"] == "ivf"
+    ivf = faiss.extract_index_ivf(built["ivf"].faiss_index)
+    assert ivf.nlist == ivf_lists(80) and ivf.nprobe == IVF_NPROBE
+    queries = np.asarray(built["flat"].faiss_index.reconstruct_n(0, 80))
+    exact, approx = (built[k].search(queries, 5)[1] for k in ("flat", "ivf"))
+    assert (approx[:, 0] == np.arange(80)).all()  # every training image finds itself
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, approx)])
+    assert overlap >= 0.9, overlap
