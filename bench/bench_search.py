@@ -10,7 +10,8 @@ vectors keep the embeddings' clusters and spectrum, which decide how approximate
 would not). Queries are fresh mixture samples plus embeddings of phantom images of other patients (seed 52),
 which the mixture never saw. The baseline is exact inner-product search (``IndexFlatIP``, what the index uses
 today) in the same run; recall@10 is the share of its 10 neighbours an index returns. FAISS uses every core.
-IVF indexes have 4 sqrt(n) lists, trained on 32 vectors per list; HNSW is built only up to ``--hnsw-max``.
+IVF indexes are built as the library builds them (4 sqrt(n) lists, trained on 32 vectors per list); HNSW is
+built only up to ``--hnsw-max``.
 Rendering the phantom images dominates the run (about 11 minutes for 1500 on 2 cores); the whole run ~20 min.
 """
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec  # noqa: E402
+from synfundus_guard.index.store import IVF_TRAIN_PER_LIST, ivf_lists  # noqa: E402
 
 K = 10
 
@@ -91,11 +93,11 @@ def main() -> None:
                      f"{qps:,.0f}", "1.000", "1.00x"])
         base_qps = qps
         del flat
-        nlist = int(4 * np.sqrt(n))
+        nlist = ivf_lists(n)  # as the library builds it
         t = time.perf_counter()
         quantizer = faiss.IndexFlatIP(x.shape[1])  # kept referenced: the IVF index does not own it
         ivf = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.train(x[np.random.default_rng(0).choice(n, min(n, 32 * nlist), replace=False)])
+        ivf.train(x[np.random.default_rng(0).choice(n, min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)])
         ivf.add(x)
         build = time.perf_counter() - t
         for nprobe in (16, 32, 64, 128):

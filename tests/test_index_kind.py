@@ -18,7 +18,7 @@ from synfundus_guard.index.store import IVF_NPROBE, build_index, index_kind, ivf
 
 def test_index_kinds_and_ivf_lists():
     assert [index_kind(k) for k in ("flat", "ivf", "hnsw")] == ["flat", "ivf", "hnsw"]
-    assert ivf_lists(1_000_000) == 4000 and ivf_lists(1) == 4
+    assert ivf_lists(1_000_000) == 4000 and ivf_lists(10) == 10 and ivf_lists(1) == 1
     with pytest.raises(InputError, match="unknown index kind 'lsh'"):
         index_kind("lsh")
 

@@ -201,9 +201,13 @@ def index_kind(kind: str) -> str:
     return kind
 
 
+IVF_TRAIN_PER_LIST = 32
+"""Vectors per inverted list that the coarse quantizer is trained on (as ``bench/bench_search.py`` trains it)."""
+
+
 def ivf_lists(n: int) -> int:
-    """Inverted lists of an IVF index over ``n`` vectors: 4 sqrt(n), FAISS's usual rule."""
-    return max(1, int(round(4 * np.sqrt(n))))
+    """Inverted lists of an IVF index over ``n`` vectors: 4 sqrt(n), FAISS's usual rule, and never more than ``n``."""
+    return max(1, min(n, int(round(4 * np.sqrt(n)))))
 
 
 def _make_faiss(dim: int, kind: str, n: int) -> faiss.Index:
@@ -299,7 +303,7 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
         if index is None:
             index = _make_faiss(emb.shape[1], kind, n)
             if not index.is_trained:  # IVF: its coarse quantizer is fitted on a sample of the set
-                sample = np.sort(rng.choice(n, min(n, 50 * ivf_lists(n)), replace=False))
+                sample = np.sort(rng.choice(n, min(n, IVF_TRAIN_PER_LIST * ivf_lists(n)), replace=False))
                 index.train(np.concatenate([embedder.project(np.asarray(feats[sample[j : j + 8192]]))
                                             for j in range(0, len(sample), 8192)]))
         index.add(emb)
