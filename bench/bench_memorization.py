@@ -34,10 +34,11 @@ from synfundus_guard.data.images import encode_png  # noqa: E402
 from synfundus_guard.data.perturb import FAMILIES, random_copy  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.fsutil import atomic_write_bytes  # noqa: E402
+from synfundus_guard.index.store import make_faiss  # noqa: E402
 from synfundus_guard.policies import load_policy  # noqa: E402
 
 
-from bench.common import table  # noqa: E402
+from bench.common import recall_at_k, table  # noqa: E402
 
 
 
@@ -174,23 +175,19 @@ def bench_search(args: argparse.Namespace, rng: np.random.Generator) -> None:
     flat = faiss.IndexFlatIP(d)
     flat.add(base)
     (_, i_flat), t_flat = timed(lambda: flat.search(queries, k))
-    hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = 80
+    hnsw = make_faiss(d, "hnsw", len(base))  # the library's HNSW: M 32, efConstruction 80, efSearch 128
     _, t_hb = timed(lambda: hnsw.add(base))
-    hnsw.hnsw.efSearch = 128
     (_, i_hnsw), t_hnsw = timed(lambda: hnsw.search(queries, k))
     nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine").fit(base)
     (_, i_sk), t_sk = timed(lambda: nn.kneighbors(queries))
 
-    def recall(found):
-        return np.mean([len(set(a) & set(b)) / k for a, b in zip(found, i_flat)])
-
     rows = [
-        ["numpy matmul + argpartition (baseline)", f"{q / t_np:,.0f}", "1.00x", f"{recall(ref):.3f}"],
-        ["scikit-learn brute force (cosine)", f"{q / t_sk:,.0f}", f"{t_np / t_sk:.2f}x", f"{recall(i_sk):.3f}"],
+        ["numpy matmul + argpartition (baseline)", f"{q / t_np:,.0f}", "1.00x", f"{recall_at_k(ref, i_flat):.3f}"],
+        ["scikit-learn brute force (cosine)", f"{q / t_sk:,.0f}", f"{t_np / t_sk:.2f}x",
+         f"{recall_at_k(i_sk, i_flat):.3f}"],
         ["FAISS IndexFlatIP (exact, default)", f"{q / t_flat:,.0f}", f"{t_np / t_flat:.2f}x", "1.000"],
         [f"FAISS HNSW32 efSearch=128 (build {t_hb:.1f}s)", f"{q / t_hnsw:,.0f}", f"{t_np / t_hnsw:.2f}x",
-         f"{recall(i_hnsw):.3f}"],
+         f"{recall_at_k(i_hnsw, i_flat):.3f}"],
     ]
     table(f"Search throughput: {n:,} x {d}-d base, {q:,} queries, k={k}",
           ["method", "queries/s", "vs numpy", "recall@10 vs exact"], rows)

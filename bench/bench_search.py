@@ -28,10 +28,11 @@ from sklearn.mixture import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import table  # noqa: E402
+from bench.common import recall_at_k, table  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
+from synfundus_guard.embed.base import l2_normalize  # noqa: E402
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec  # noqa: E402
-from synfundus_guard.index.store import IVF_TRAIN_PER_LIST, ivf_lists  # noqa: E402
+from synfundus_guard.index.store import ivf_lists, ivf_training_rows, make_faiss  # noqa: E402
 
 K = 10
 
@@ -50,10 +51,6 @@ def real_embeddings(n: int, n_other: int) -> tuple[np.ndarray, np.ndarray]:
     return emb.project(feats), emb.project(other)
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
-
-
 def index_bytes(index: faiss.Index) -> int:
     return int(faiss.serialize_index(index).nbytes)
 
@@ -62,10 +59,6 @@ def timed_search(index: faiss.Index, q: np.ndarray) -> tuple[np.ndarray, float]:
     t = time.perf_counter()
     _, ids = index.search(q, K)
     return ids, len(q) / (time.perf_counter() - t)
-
-
-def recall(ids: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, exact)]))
 
 
 def main() -> None:
@@ -80,49 +73,46 @@ def main() -> None:
     print(f"{len(base)} phantom embeddings (dim {base.shape[1]}) in {time.perf_counter() - t0:.0f} s; "
           f"{faiss.omp_get_max_threads()} FAISS threads", flush=True)
     gmm = GaussianMixture(64, covariance_type="diag", reg_covar=1e-4, random_state=0).fit(base)
-    rows = []
     for n in args.sizes:
-        x = normalise(gmm.sample(n)[0][np.random.default_rng(n).permutation(n)])
-        q = np.concatenate([normalise(gmm.sample(args.queries - len(other))[0]), other])
+        x = l2_normalize(gmm.sample(n)[0][np.random.default_rng(n).permutation(n)])
+        q = np.concatenate([l2_normalize(gmm.sample(args.queries - len(other))[0]), other])
         t = time.perf_counter()
         flat = faiss.IndexFlatIP(x.shape[1])
         flat.add(x)
         build = time.perf_counter() - t
         exact, qps = timed_search(flat, q)
-        rows.append([f"{n:,}", "flat (exact, today)", "-", f"{build:.1f}", f"{index_bytes(flat) / 2**20:.0f}",
-                     f"{qps:,.0f}", "1.000", "1.00x"])
+        rows = [[f"{n:,}", "flat (exact, today)", "-", f"{build:.1f}", f"{index_bytes(flat) / 2**20:.0f}",
+                 f"{qps:,.0f}", "1.000", "1.00x"]]
         base_qps = qps
         del flat
-        nlist = ivf_lists(n)  # as the library builds it
+        nlist = ivf_lists(n)
         t = time.perf_counter()
-        quantizer = faiss.IndexFlatIP(x.shape[1])  # kept referenced: the IVF index does not own it
-        ivf = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.train(x[np.random.default_rng(0).choice(n, min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)])
+        ivf = make_faiss(x.shape[1], "ivf", n)  # as the library builds it
+        ivf.train(x[ivf_training_rows(n, np.random.default_rng(0))])
         ivf.add(x)
         build = time.perf_counter() - t
         for nprobe in (16, 32, 64, 128):
             ivf.nprobe = nprobe
             ids, qps = timed_search(ivf, q)
             rows.append([f"{n:,}", f"IVF{nlist},Flat", f"nprobe {nprobe}", f"{build:.1f}",
-                         f"{index_bytes(ivf) / 2**20:.0f}", f"{qps:,.0f}", f"{recall(ids, exact):.4f}",
+                         f"{index_bytes(ivf) / 2**20:.0f}", f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}",
                          f"{qps / base_qps:.1f}x"])
         del ivf
         if n <= args.hnsw_max:
             t = time.perf_counter()
-            hnsw = faiss.IndexHNSWFlat(x.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-            hnsw.hnsw.efConstruction = 80
+            hnsw = make_faiss(x.shape[1], "hnsw", n)  # M 32, efConstruction 80
             hnsw.add(x)
             build = time.perf_counter() - t
             for ef in (64, 128, 256):
                 hnsw.hnsw.efSearch = ef
                 ids, qps = timed_search(hnsw, q)
                 rows.append([f"{n:,}", "HNSW32", f"efSearch {ef}", f"{build:.1f}",
-                             f"{index_bytes(hnsw) / 2**20:.0f}", f"{qps:,.0f}", f"{recall(ids, exact):.4f}",
+                             f"{index_bytes(hnsw) / 2**20:.0f}", f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}",
                              f"{qps / base_qps:.1f}x"])
             del hnsw
         table(f"Search over {n:,} fundus-like vectors (dim {x.shape[1]}), {len(q)} queries, k = {K}",
               ["indexed", "index", "setting", "build s", "MiB", "queries/s", f"recall@{K}", "vs exact"],
-              [r for r in rows if r[0] == f"{n:,}"])
+              rows)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     """Print a titled, column-aligned table (flushed, so long benches show progress)."""
@@ -15,3 +17,8 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     for r in rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
     sys.stdout.flush()
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row of ``exact`` (neighbour ids, one row per query) that ``found`` also returns."""
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))

@@ -210,7 +210,14 @@ def ivf_lists(n: int) -> int:
     return max(1, min(n, int(round(4 * np.sqrt(n)))))
 
 
-def _make_faiss(dim: int, kind: str, n: int) -> faiss.Index:
+def ivf_training_rows(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted rows of an ``n``-vector set that an ``ivf`` index's coarse quantizer is trained on."""
+    return np.sort(rng.choice(n, min(n, IVF_TRAIN_PER_LIST * ivf_lists(n)), replace=False))
+
+
+def make_faiss(dim: int, kind: str, n: int) -> faiss.Index:
+    """An empty FAISS inner-product index of ``kind`` for ``n`` vectors of ``dim``; an ``ivf`` one still needs
+    training (on :func:`ivf_training_rows`)."""
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
     if kind == "ivf":
@@ -301,9 +308,9 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
     for i in range(0, n, 8192):
         emb = embedder.project(np.asarray(feats[i : i + 8192]))
         if index is None:
-            index = _make_faiss(emb.shape[1], kind, n)
+            index = make_faiss(emb.shape[1], kind, n)
             if not index.is_trained:  # IVF: its coarse quantizer is fitted on a sample of the set
-                sample = np.sort(rng.choice(n, min(n, IVF_TRAIN_PER_LIST * ivf_lists(n)), replace=False))
+                sample = ivf_training_rows(n, rng)
                 index.train(np.concatenate([embedder.project(np.asarray(feats[sample[j : j + 8192]]))
                                             for j in range(0, len(sample), 8192)]))
         index.add(emb)
