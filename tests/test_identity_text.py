@@ -212,3 +212,27 @@ def test_an_iso_date_of_the_labels_is_found_burned_in_day_first(retina512: np.nd
     assert hit.scores["text.identifier"] == 1.0, hit.private["ocr"]
     [miss] = TextCheck(blocklist=["2020-08-11"]).check_batch([Candidate("a.png", img)])
     assert miss.scores["text.identifier"] == 0.0, "the ISO spelling alone is not what the camera burned in"
+
+
+def test_opencv_morphology_equals_scipy_which_defined_the_detector() -> None:
+    from scipy import ndimage as ndi
+
+    from synfundus_guard.audit.identity._textdetect import _components, chessboard_distance, top_hat
+
+    rng = np.random.default_rng(3)
+    for shape in [(7, 7), (40, 90), (257, 131)]:
+        chan = ndi.gaussian_filter(rng.random(shape), 1.0).astype(np.float32)
+        assert np.array_equal(top_hat(chan, 7, "light"), ndi.white_tophat(chan, size=7))
+        assert np.array_equal(top_hat(chan, 7, "dark"), ndi.black_tophat(chan, size=7))
+        mask = chan > np.quantile(chan, 0.6)
+        assert np.array_equal(chessboard_distance(mask), ndi.distance_transform_cdt(mask, metric="chessboard"))
+        n, lab, box = _components(mask)
+        ref, m = ndi.label(mask, structure=np.ones((3, 3), bool))
+        assert n == m
+        assert sorted(map(tuple, box.tolist())) == sorted(
+            (s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndi.find_objects(ref))
+        # the same partition, whatever the numbering
+        pairs = {(int(a), int(b)) for a, b in zip(lab.ravel(), ref.ravel())}
+        assert len(pairs) == n + 1
+    full = np.ones((5, 8), bool)
+    assert np.array_equal(chessboard_distance(full), ndi.distance_transform_cdt(full, metric="chessboard"))

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..data.fov import canonical_crop, detect_fov, disc_mask, orient, rotate_scale
+from ..data.memo import per_image
 from ..embed.pixel import _rank_equalise
 from ._frangi import frangi_dark
 
@@ -44,6 +45,7 @@ COARSE = AlignmentGrid(angles=(0.0,), scales=(1.0,))
 """Only translations: the first pass over all candidates, before the full grid refines the best ones."""
 
 
+@per_image(maxsize=64)  # the memorization and vessels checks equalise the same images, one after the other
 def _equalised(img: np.ndarray) -> tuple[np.ndarray, bool]:
     fov = detect_fov(img)
     canon = canonical_crop(img, fov, SKETCH_SIDE)

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from .memo import per_image
+
 _WORK_SIDE = 256  # FOV detection runs on a copy at most this large
 _QUANTIZATION_PX = 0.5
 """Median distance of a pixelated circle's boundary pixels from the fitted circle that is still a disc."""
@@ -41,8 +43,11 @@ def _fit_circle(ys: np.ndarray, xs: np.ndarray) -> tuple[float, float, float]:
     return float(cx), float(cy), r
 
 
+@per_image(maxsize=256)
 def detect_fov(img: np.ndarray) -> Fov:
     """Find the bright circular field of view of ``img`` (float RGB in [0, 1]).
+
+    Each check asks for it, so results are cached by the image's content (:mod:`.memo`).
 
     Returns a disc FOV when the bright region is a disc (possibly cut by the frame) on a dark background,
     otherwise the whole frame.

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse.csgraph import connected_components
 
 from ...data.fov import resize_image
 
-_EIGHT = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,45 @@ def noise_sigma(channel: np.ndarray) -> float:
     return float(np.median(resp[lit]) / (0.6745 * 6.0))
 
 
-def _height_image(mask: np.ndarray) -> np.ndarray:
-    """Each pixel of ``mask`` holds the height of its connected component's bounding box (0 elsewhere)."""
-    lab, n = ndi.label(mask, structure=_EIGHT)
-    if n == 0:
-        return np.zeros(mask.shape, dtype=np.int32)
-    heights = np.array([0] + [s[0].stop - s[0].start for s in ndi.find_objects(lab)], dtype=np.int32)
-    return heights[lab]
+_FOOTPRINT_CACHE: dict[int, np.ndarray] = {}
+
+
+def top_hat(chan: np.ndarray, size: int, polarity: str) -> np.ndarray:
+    """White (``"light"``: strokes brighter than their surround) or black (``"dark"``) top-hat of a float32
+    channel with a ``size`` x ``size`` square, borders reflected: equal to ``scipy.ndimage.white_tophat`` /
+    ``black_tophat`` (min and max are exact), in OpenCV's time (~0.1 ms instead of 3 ms at 256 px)."""
+    kernel = _FOOTPRINT_CACHE.setdefault(size, np.ones((size, size), np.uint8))
+    op = cv2.MORPH_TOPHAT if polarity == "light" else cv2.MORPH_BLACKHAT
+    return cv2.morphologyEx(np.ascontiguousarray(chan, dtype=np.float32), op, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+def chessboard_distance(mask: np.ndarray) -> np.ndarray:
+    """Chessboard distance of each pixel of ``mask`` to the nearest pixel outside it, as
+    ``scipy.ndimage.distance_transform_cdt(mask, metric="chessboard")`` gives it (the frame is not outside; -1
+    everywhere when nothing is), in OpenCV's time."""
+    if mask.all():
+        return np.full(mask.shape, -1, dtype=np.int32)
+    return cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_C, 3).astype(np.int32)
+
+
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """8-connected components of ``mask``: their count, the label image (0 = background) and each component's
+    bounding box ``(x0, y0, x1, y1)``. OpenCV numbers components in another order than ``scipy.ndimage.label``;
+    callers that keep an order sort by :func:`_first_pixels`."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8,
+                                                        ltype=cv2.CV_32S)
+    x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    box = np.column_stack([x0, y0, x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]])
+    return n - 1, lab, box
+
+
+def _extent_images(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel of ``mask`` holds the height, and the width, of its connected component's bounding box (0
+    elsewhere); the widths are the heights of the transposed mask's components."""
+    n, lab, box = _components(mask)
+    heights = np.concatenate([[0], box[:, 3] - box[:, 1]]).astype(np.int32)
+    widths = np.concatenate([[0], box[:, 2] - box[:, 0]]).astype(np.int32)
+    return heights[lab], widths[lab]
 
 
 def _per_label_max(values: np.ndarray, comp: np.ndarray, n: int) -> np.ndarray:
@@ -122,39 +154,54 @@ def _roundness(pix: np.ndarray, comp: np.ndarray, area: np.ndarray, width: int) 
     return np.sqrt(np.maximum((cxx + cyy) / 2 - root, 0) / ((cxx + cyy) / 2 + root))
 
 
-def _glyph_table(mask: np.ndarray, support: np.ndarray, opts: TextOptions) -> np.ndarray:
-    """Components of ``mask`` that look like glyphs: rows of (x0, y0, x1, y1, glyph count, letter-like).
+def _transposed(components: tuple[int, np.ndarray, np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
+    """:func:`_components` of the transposed mask, from those of the mask."""
+    n, lab, box = components
+    return n, lab.T, box[:, [1, 0, 3, 2]]
+
+
+def _glyph_table(components: tuple[int, np.ndarray, np.ndarray], support: np.ndarray,
+                 opts: TextOptions) -> np.ndarray:
+    """Components of a mask (:func:`_components`) that look like glyphs: rows of (x0, y0, x1, y1, glyph count,
+    letter-like).
 
     A glyph is glyph-sized, drawn with strokes thin for its height, not a filled blob, and, when wide, a word
-    that crosses many strokes. ``support`` is :func:`_height_image` of the same top-hat cut at half the level:
-    a glyph keeps its height there, while a piece of vessel grows into the long structure it belongs to.
-    "Letter-like" glyphs are neither thin bars nor single straight strokes.
+    that crosses many strokes. ``support`` holds the component heights (:func:`_extent_images`) of the same
+    top-hat cut at half the level: a glyph keeps its height there, while a piece of vessel grows into the long
+    structure it belongs to. "Letter-like" glyphs are neither thin bars nor single straight strokes.
     """
-    lab, n = ndi.label(mask, structure=_EIGHT)
+    n, lab, box = components
     if n == 0:
         return np.zeros((0, 6))
-    box = np.array([(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndi.find_objects(lab)], dtype=float)
+    box = box.astype(float)
     h, w = box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]
     keep = (h >= opts.min_height) & (h <= opts.max_height) & (w <= 12 * h)
     if not keep.any():
         return np.zeros((0, 6))
+    # kept components numbered 1..m in raster order of their first pixel (as scipy.ndimage.label numbers them)
     lut = np.zeros(n + 1, dtype=np.int64)
-    lut[1:][keep] = np.arange(1, keep.sum() + 1)
+    lut[1:][keep] = 1
+    pix = np.flatnonzero(lut[lab])
+    labels = lab.ravel()[pix]
+    first = np.full(n + 1, lab.size, dtype=np.int64)
+    np.minimum.at(first, labels, pix)
+    kept = np.flatnonzero(keep) + 1
+    kept = kept[np.argsort(first[kept], kind="stable")]
+    lut[kept] = np.arange(1, len(kept) + 1)
     compact = lut[lab]
-    b, hk, wk, m = box[keep], h[keep], w[keep], int(keep.sum())
-    pix = np.flatnonzero(compact)
-    comp = compact.ravel()[pix] - 1
+    b, hk, wk, m = box[kept - 1], h[kept - 1], w[kept - 1], len(kept)
+    comp = lut[labels] - 1
     area = np.bincount(comp, minlength=m)
-    dist = ndi.distance_transform_cdt(compact > 0, metric="chessboard")
+    dist = chessboard_distance(compact > 0)
     stroke = np.maximum(2 * _per_label_max(dist.ravel()[pix], comp, m) - 1, 1)
-    strokes = _stroke_crossings(pix, comp, b, mask.shape[1])
+    strokes = _stroke_crossings(pix, comp, b, lab.shape[1])
     thin = hk / stroke >= 2.2
     not_blob = (area / (hk * wk) <= 0.85) | (wk <= 0.45 * hk)
     word_ok = (wk <= 1.6 * hk) | (strokes >= np.maximum(2.5, wk / hk))
     isolated = _per_label_max(support.ravel()[pix], comp, m) <= np.maximum(1.5 * hk, hk + 6)
     ok = thin & not_blob & word_ok & isolated
     glyphs = np.where(wk > 1.6 * hk, np.maximum(np.round(strokes / 1.5), 1), 1)
-    letter = ((_roundness(pix, comp, area, mask.shape[1]) >= 0.35) | (strokes >= 2.5)) & (wk >= 0.45 * hk)
+    letter = ((_roundness(pix, comp, area, lab.shape[1]) >= 0.35) | (strokes >= 2.5)) & (wk >= 0.45 * hk)
     return np.column_stack([b[ok], glyphs[ok], letter[ok]])
 
 
@@ -195,15 +242,16 @@ def detect_text(image: np.ndarray, options: TextOptions = TextOptions()) -> list
         chan = np.ascontiguousarray(img[..., c])
         sigma = noise_sigma(chan)
         levels = [v for v in options.levels if v >= options.noise_factor * sigma] or [options.levels[-1]]
-        for polarity, tophat in (("light", ndi.white_tophat), ("dark", ndi.black_tophat)):
-            resp = tophat(chan, size=options.footprint)
+        for polarity in ("light", "dark"):
+            resp = top_hat(chan, options.footprint, polarity)
             floor = options.noise_factor * sigma
             for level in levels:
-                mask, support = resp >= level, resp >= max(level / 2, floor)
+                comps = _components(resp >= level)
+                heights, widths = _extent_images(resp >= max(level / 2, floor))
                 for vertical in (False, True)[: 1 + options.vertical]:  # quarter-turned text: rows of the transpose
-                    m, sup = (mask.T, support.T) if vertical else (mask, support)
+                    m, support = (_transposed(comps), widths.T) if vertical else (comps, heights)
                     need = options.min_glyphs_vertical if vertical else options.min_glyphs
-                    for boxes, count in _rows(_glyph_table(m, _height_image(sup), options), need):
+                    for boxes, count in _rows(_glyph_table(m, support, options), need):
                         bx = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
                         bx = (bx[1], bx[0], bx[3], bx[2]) if vertical else bx
                         rows.append(TextRow(tuple(int(v * factor) for v in bx), count, polarity, c, level, vertical))

@@ -146,6 +146,8 @@ def _mirror_groups(cascade: Any, grey: np.ndarray, lo: int, hi: int,
                    scale_factor: float) -> list[tuple[tuple[int, int, int], int]]:
     """Window groups ((row, col, side), mirror-confirmed votes) of one cascade, best first."""
     direct = _haar_windows(cascade, grey, lo, hi, scale_factor)
+    if len(direct) == 0:  # no window has a direct vote, so none is confirmed: the mirror scan cannot add one
+        return []
     mirror = _haar_windows(cascade, np.ascontiguousarray(grey[:, ::-1]), lo, hi, scale_factor)
     mirror[:, 1] = grey.shape[1] - mirror[:, 1] - mirror[:, 2]
     wins = np.concatenate([direct, mirror])
@@ -165,8 +167,12 @@ def _mirror_groups(cascade: Any, grey: np.ndarray, lo: int, hi: int,
 
 def _haar_agreement(grey: np.ndarray, lo: int, hi: int, scale_factor: float) -> list[tuple[tuple, int]]:
     """Groups of the first cascade with the votes both cascades give that place (the smaller), best first."""
-    first, second = (_mirror_groups(c, grey, lo, hi, scale_factor) for c in _haar())
-    if not first or not second:
+    cascades = _haar()
+    first = _mirror_groups(cascades[0], grey, lo, hi, scale_factor)
+    if not first:  # nothing to agree on: the second cascade's scan is skipped (60-75 % of fundus images)
+        return []
+    second = _mirror_groups(cascades[1], grey, lo, hi, scale_factor)
+    if not second:
         return []
     near = _overlap(np.array([g for g, _ in first]), np.array([g for g, _ in second]))
     other = np.array([v for _, v in second])
