@@ -21,7 +21,7 @@ import numpy as np
 
 from ..index.store import GuardIndex
 from .base import Candidate, Check, Finding
-from .pixel_match import COARSE, QuerySketch
+from .pixel_match import ALIGN_VERSION, COARSE, SKETCH_VERSION, QuerySketch
 
 EMB_KEY = "memorization.embedding_sim"
 PIX_KEY = "memorization.pixel_ncc"
@@ -29,6 +29,9 @@ COARSE_ANGLES = (-8.0, -4.0, 0.0, 4.0, 8.0)
 """Rotations tried in stage 2 when the embedder cannot tell which rotation matched."""
 REFINE = 3
 """Candidate-views (best by the coarse pass) refined over the full alignment grid."""
+MATCH_VERSION = f"{SKETCH_VERSION}:{ALIGN_VERSION}:r{REFINE}"
+"""Changes whenever the pixel scores would: calibrations cached under another version are recomputed, and an
+audit journal of another version is not resumed."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class MemorizationCheck(Check):
         return {
             "name": self.name,
             "k": self.k,
+            "match": MATCH_VERSION,
             "embedding_threshold": self.embedding_threshold,
             "pixel_threshold": self.pixel_threshold,
             "embedder": self.index.embedder.fingerprint(),

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..data.fov import canonical_crop, detect_fov, disc_mask, orient, rotate_scale
+from ..data.fov import WARP_VERSION, canonical_crop, detect_fov, disc_mask, orient, rotate_scale
 from ..data.memo import per_image
 from ..embed.pixel import _rank_equalise
 from ._frangi import frangi_dark
@@ -69,17 +69,22 @@ _PARSEVAL[:, 0] = 1.0
 _PARSEVAL[:, -1] = 1.0 if SKETCH_SIDE % 2 == 0 else 2.0
 
 
-def _band_spectrum(eq: np.ndarray, is_disc: bool) -> np.ndarray:
-    """Spectrum of the band-passed image, tapered to the FOV interior, zero-mean and unit-norm.
+def _band(eq: np.ndarray) -> np.ndarray:
+    """The band-pass (difference of Gaussians, 1 and 4 px) of an equalised canonical image: the vessel tree and
+    lesions, not the illumination. Isotropic, so warping the band-passed image is band-passing the warped one."""
+    return np.fft.irfft2(np.fft.rfft2(eq) * _DOG, s=eq.shape)
 
-    The band-pass is applied before the taper so the FOV rim and the vignetting ring that every fundus photo
-    shares do not count as matching structure.
+
+def _tapered_spectra(maps: np.ndarray, is_disc: bool) -> np.ndarray:
+    """Spectra of ``(n, S, S)`` maps tapered to the FOV interior, each zero-mean and unit-norm.
+
+    The band-pass comes before the taper, so the FOV rim and the vignetting ring that every fundus photo shares
+    do not count as matching structure.
     """
-    band = np.fft.irfft2(np.fft.rfft2(eq) * _DOG, s=eq.shape) * (_TAPER if is_disc else _FULL_TAPER)
-    spec = np.fft.rfft2(band)
-    spec[0, 0] = 0.0
-    energy = float(np.sum(_PARSEVAL * (spec.real**2 + spec.imag**2))) / (SKETCH_SIDE * SKETCH_SIDE)
-    return spec / max(np.sqrt(energy), 1e-9)
+    spec = np.fft.rfft2(maps * (_TAPER if is_disc else _FULL_TAPER))
+    spec[:, 0, 0] = 0.0
+    energy = np.sum(_PARSEVAL * (spec.real**2 + spec.imag**2), axis=(1, 2)) / (SKETCH_SIDE * SKETCH_SIDE)
+    return spec / np.maximum(np.sqrt(energy), 1e-9)[:, None, None]
 
 
 LESION_MEDIAN = 11
@@ -146,50 +151,47 @@ def vesselness(eq: np.ndarray) -> np.ndarray:
     return np.sqrt(v / (np.percentile(v, 99.5) + 1e-12)).astype(np.float32)
 
 
-def _vessel_spectrum(vmap: np.ndarray, is_disc: bool) -> np.ndarray:
-    """Spectrum of a tapered vesselness map, zero-mean and unit-norm."""
-    spec = np.fft.rfft2(vmap * (_TAPER if is_disc else _FULL_TAPER))
-    spec[0, 0] = 0.0
-    energy = float(np.sum(_PARSEVAL * (spec.real**2 + spec.imag**2))) / (SKETCH_SIDE * SKETCH_SIDE)
-    return spec / max(np.sqrt(energy), 1e-9)
-
-
-_KINDS = {"band": _band_spectrum, "vessel": _vessel_spectrum}
+_BASES = {"band": _band, "vessel": vesselness}
+"""What each kind of sketch tapers and correlates, from the equalised canonical image."""
 VESSEL_VERSION = f"vessel-v3:{SKETCH_SIDE}"
+ALIGN_VERSION = f"align-v2:{WARP_VERSION}"
+"""Changes whenever alignment scores would (v2: queries are band-passed before they are warped, warps by
+OpenCV); the checks' match versions include it, so calibrations of another version are recomputed."""
 
 
 def make_sketch(img: np.ndarray, kind: str = "band") -> np.ndarray:
     """The stored representation of a training image, ``(SKETCH_SIDE, SKETCH_SIDE)`` float16: the band-pass
     sketch of the memorization check (``kind="band"``) or the vessel template of the biometric check."""
     eq, is_disc = _equalised(img)
-    base = vesselness(eq) if kind == "vessel" else eq
-    return np.fft.irfft2(_KINDS[kind](base, is_disc), s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float16)
+    spec = _tapered_spectra(_BASES[kind](eq)[None], is_disc)[0]
+    return np.fft.irfft2(spec, s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float16)
 
 
 class QuerySketch:
     """A candidate image prepared for alignment against many training sketches (views built lazily)."""
 
     def __init__(self, img: np.ndarray, grid: AlignmentGrid | None = None, *, kind: str = "band"):
-        self.eq, self.is_disc = _equalised(img)
-        self._filter = _KINDS[kind]
-        if kind == "vessel":  # vesselness once, then warp the map (Frangi is close to rotation-invariant)
-            self.eq = vesselness(self.eq)
+        eq, self.is_disc = _equalised(img)
+        # filtered once, then warped per view (both filters are close to rotation-invariant)
+        self.base = _BASES[kind](eq)
         self.grid = grid or (AlignmentGrid() if self.is_disc else WIDE)
         self._spectra: dict[tuple[int, float, float], np.ndarray] = {}
 
-    def _spectrum(self, orientation: int, angle: float, scale: float) -> np.ndarray:
-        key = (orientation, round(angle, 3), round(scale, 3))
-        spec = self._spectra.get(key)
-        if spec is None:
-            base = orient(self.eq, orientation)
-            warped = base if (angle == 0 and scale == 1) else rotate_scale(base, angle, scale)
-            spec = self._filter(warped, self.is_disc)
-            self._spectra[key] = spec
-        return spec
+    def _spectrum_stack(self, keys: list[tuple[int, float, float]]) -> np.ndarray:
+        """Spectra of the views ``(orientation, angle, scale)``, computing the missing ones in one batch."""
+        keys = [(o, round(a, 3), round(sc, 3)) for o, a, sc in keys]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._spectra]
+        if missing:
+            warped = []
+            for orientation, angle, scale in missing:
+                base = orient(self.base, orientation)
+                warped.append(base if (angle == 0 and scale == 1) else rotate_scale(base, angle, scale))
+            self._spectra.update(zip(missing, _tapered_spectra(np.stack(warped), self.is_disc)))
+        return np.stack([self._spectra[k] for k in keys])
 
     def template(self) -> np.ndarray:
         """The query as :func:`make_sketch` would store it (unwarped), float32."""
-        return np.fft.irfft2(self._spectrum(0, 0.0, 1.0), s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
+        return np.fft.irfft2(self._spectrum_stack([(0, 0.0, 1.0)])[0], s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
 
     def score(self, sketch: np.ndarray, *, orientation: int = 0, angle: float = 0.0,
               grid: AlignmentGrid | None = None) -> tuple[float, dict[str, float]]:
@@ -197,7 +199,7 @@ class QuerySketch:
         tspec = np.conj(np.fft.rfft2(sketch.astype(np.float32)))
         g = grid or self.grid
         keys = [(orientation, angle + da, s) for da in g.angles for s in g.scales]
-        spectra = np.stack([self._spectrum(*k) for k in keys])
+        spectra = self._spectrum_stack(keys)
         corr = np.fft.irfft2(spectra * tspec, s=(SKETCH_SIDE, SKETCH_SIDE))
         m = g.max_shift
         # keep shifts in [-m, m] (wrapped indices)

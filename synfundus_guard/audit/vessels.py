@@ -19,7 +19,7 @@ import numpy as np
 from ..index.store import GuardIndex
 from .base import Candidate, Check, Finding
 from .memorization import align_best
-from .pixel_match import VESSEL_VERSION, QuerySketch
+from .pixel_match import ALIGN_VERSION, VESSEL_VERSION, QuerySketch
 from .vessel_search import DESC_VERSION, VIEWS, VesselSearch, view_params
 
 SCORE_KEY = "vessels.match_score"
@@ -28,7 +28,7 @@ CANDIDATES = 10
 REFINE = 3
 """Candidate-views aligned over the full rotation and scale grid (phantom seed 11, 100 patients, 3 views per
 candidate: refining 3 gave end-to-end AUC 0.948, all 20 0.948, at 47 vs 100 ms per 256 px image)."""
-MATCH_VERSION = f"{VESSEL_VERSION}:{DESC_VERSION}:k{CANDIDATES}:v{VIEWS}:r{REFINE}"
+MATCH_VERSION = f"{VESSEL_VERSION}:{ALIGN_VERSION}:{DESC_VERSION}:k{CANDIDATES}:v{VIEWS}:r{REFINE}"
 """Changes whenever the scores would: calibrations cached under another version are recomputed."""
 
 

@@ -15,8 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..audit.memorization import MATCH_VERSION as PIXEL_MATCH
 from ..audit.memorization import score_images
-from ..audit.vessels import MATCH_VERSION, vessel_scores
+from ..audit.vessels import MATCH_VERSION as VESSEL_MATCH
+from ..audit.vessels import vessel_scores
 from ..data.folder import ImageRecord
 from ..data.images import load_image
 from ..errors import InputError
@@ -113,8 +115,8 @@ def calibrate(
     shas = hash_records(holdout, progress, "holdout set")
     check_disjoint(index, holdout, shas)
     fp = dataset_fingerprint(shas)
-    # the vessel-match version is part of the key: scores cached by another matcher are recomputed
-    match = hashlib.sha256(MATCH_VERSION.encode()).hexdigest()[:8]
+    # the matchers' versions are part of the key: scores cached by another matcher are recomputed
+    match = hashlib.sha256(f"{VESSEL_MATCH}|{PIXEL_MATCH}".encode()).hexdigest()[:8]
     cache_path = Path(index.path) / "calibration" / f"{fp[:24]}-k{k}-v{match}.json"
     if cache_path.is_file():
         try:
