@@ -236,3 +236,20 @@ def test_opencv_morphology_equals_scipy_which_defined_the_detector() -> None:
         assert len(pairs) == n + 1
     full = np.ones((5, 8), bool)
     assert np.array_equal(chessboard_distance(full), ndi.distance_transform_cdt(full, metric="chessboard"))
+
+
+def test_rows_are_chained_as_scipy_numbers_connected_components() -> None:
+    from scipy.sparse.csgraph import connected_components
+
+    from synfundus_guard.audit.identity._textdetect import _component_minima
+
+    rng = np.random.default_rng(4)
+    for n in [1, 2, 7, 40, 120]:
+        for density in (0.0, 0.02, 0.1, 0.5):
+            adj = rng.random((n, n)) < density
+            adj = adj | adj.T
+            np.fill_diagonal(adj, False)
+            _, ref = connected_components(adj, directed=False)
+            mins = _component_minima(adj)
+            # same partition, and components in the same order (scipy numbers them by their smallest node)
+            assert np.array_equal(np.unique(mins, return_inverse=True)[1], ref)

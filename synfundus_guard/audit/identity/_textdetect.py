@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.sparse.csgraph import connected_components
 
 from ...data.fov import resize_image
 
@@ -154,6 +153,13 @@ def _roundness(pix: np.ndarray, comp: np.ndarray, area: np.ndarray, width: int) 
     return np.sqrt(np.maximum((cxx + cyy) / 2 - root, 0) / ((cxx + cyy) / 2 + root))
 
 
+def _glyph_sized(box: np.ndarray, opts: TextOptions) -> np.ndarray:
+    """Which components' boxes ``(x0, y0, x1, y1)`` have a glyph's size: height within the searched range, width
+    at most 12 heights (a word)."""
+    h, w = box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]
+    return (h >= opts.min_height) & (h <= opts.max_height) & (w <= 12 * h)
+
+
 def _transposed(components: tuple[int, np.ndarray, np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
     """:func:`_components` of the transposed mask, from those of the mask."""
     n, lab, box = components
@@ -175,24 +181,24 @@ def _glyph_table(components: tuple[int, np.ndarray, np.ndarray], support: np.nda
         return np.zeros((0, 6))
     box = box.astype(float)
     h, w = box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]
-    keep = (h >= opts.min_height) & (h <= opts.max_height) & (w <= 12 * h)
+    keep = _glyph_sized(box, opts)
     if not keep.any():
         return np.zeros((0, 6))
     # kept components numbered 1..m in raster order of their first pixel (as scipy.ndimage.label numbers them)
-    lut = np.zeros(n + 1, dtype=np.int64)
-    lut[1:][keep] = 1
-    pix = np.flatnonzero(lut[lab])
-    labels = lab.ravel()[pix]
+    flat = lab.ravel()  # raster order of this (possibly transposed) mask
+    kept_pixels = np.concatenate([[False], keep])[flat]
+    pix = np.flatnonzero(kept_pixels)
+    labels = flat[pix]
     first = np.full(n + 1, lab.size, dtype=np.int64)
     np.minimum.at(first, labels, pix)
     kept = np.flatnonzero(keep) + 1
     kept = kept[np.argsort(first[kept], kind="stable")]
-    lut[kept] = np.arange(1, len(kept) + 1)
-    compact = lut[lab]
+    lut = np.zeros(n + 1, dtype=np.int64)
+    lut[kept] = np.arange(len(kept))
     b, hk, wk, m = box[kept - 1], h[kept - 1], w[kept - 1], len(kept)
-    comp = lut[labels] - 1
+    comp = lut[labels]
     area = np.bincount(comp, minlength=m)
-    dist = chessboard_distance(compact > 0)
+    dist = chessboard_distance(kept_pixels.reshape(lab.shape))
     stroke = np.maximum(2 * _per_label_max(dist.ravel()[pix], comp, m) - 1, 1)
     strokes = _stroke_crossings(pix, comp, b, lab.shape[1])
     thin = hk / stroke >= 2.2
@@ -205,6 +211,18 @@ def _glyph_table(components: tuple[int, np.ndarray, np.ndarray], support: np.nda
     return np.column_stack([b[ok], glyphs[ok], letter[ok]])
 
 
+def _component_minima(adj: np.ndarray) -> np.ndarray:
+    """For each node of a symmetric adjacency matrix, the smallest node of its connected component (so components
+    come in the order ``scipy.sparse.csgraph.connected_components`` numbers them, without its per-call cost)."""
+    label = np.arange(len(adj))
+    while True:
+        nxt = np.where(adj, label[None, :], label[:, None]).min(axis=1)
+        nxt = nxt[nxt]  # pointer jumping: follow the minimum's own minimum
+        if np.array_equal(nxt, label):
+            return label
+        label = nxt
+
+
 def _rows(table: np.ndarray, min_glyphs: int) -> list[tuple[np.ndarray, int]]:
     """Chain glyphs into rows; returns (member boxes, glyph count) for rows with enough glyphs."""
     if len(table) == 0:
@@ -215,8 +233,7 @@ def _rows(table: np.ndarray, min_glyphs: int) -> list[tuple[np.ndarray, int]]:
     lo, hi = np.minimum(h[:, None], h[None]), np.maximum(h[:, None], h[None])
     gap = np.maximum(x0[None] - x1[:, None], x0[:, None] - x1[None])
     adj = (overlap >= 0.6 * lo) & (hi <= 2.2 * lo) & (gap <= hi) & (gap >= -0.3 * lo)
-    np.fill_diagonal(adj, False)
-    _, label = connected_components(adj, directed=False)
+    label = _component_minima(adj)
     out = []
     for k in np.unique(label):
         idx = np.flatnonzero(label == k)
@@ -247,8 +264,12 @@ def detect_text(image: np.ndarray, options: TextOptions = TextOptions()) -> list
             floor = options.noise_factor * sigma
             for level in levels:
                 comps = _components(resp >= level)
+                directions = [vertical for vertical in (False, True)[: 1 + options.vertical]
+                              if _glyph_sized((_transposed(comps) if vertical else comps)[2], options).any()]
+                if not directions:  # no glyph-sized component (2/3 of the levels of a fundus image): no row
+                    continue
                 heights, widths = _extent_images(resp >= max(level / 2, floor))
-                for vertical in (False, True)[: 1 + options.vertical]:  # quarter-turned text: rows of the transpose
+                for vertical in directions:  # quarter-turned text: rows of the transposed mask
                     m, support = (_transposed(comps), widths.T) if vertical else (comps, heights)
                     need = options.min_glyphs_vertical if vertical else options.min_glyphs
                     for boxes, count in _rows(_glyph_table(m, support, options), need):
