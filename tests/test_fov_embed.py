@@ -135,3 +135,28 @@ def test_query_views_equal_features_of_each_transformed_image() -> None:
     # the mirrored rotation to within that): each view's two unit-norm blocks agree to a cosine of 1 - 1e-5
     np.testing.assert_allclose(fast, direct, atol=5e-3)
     assert np.min(np.sum(fast * direct, axis=1)) / 2 > 1 - 1e-5
+
+
+def test_fov_morphology_on_opencv_equals_scipy_which_defined_it() -> None:
+    from scipy import ndimage as ndi
+
+    from synfundus_guard.data import fov as F
+
+    rng = np.random.default_rng(8)
+    for shape in [(9, 9), (64, 97), (200, 150)]:
+        for q in (0.3, 0.5, 0.8):
+            smooth = ndi.gaussian_filter(rng.random(shape), 1.5)
+            mask = smooth > np.quantile(smooth, q)
+            assert np.array_equal(F._open(mask, 2), ndi.binary_opening(mask, iterations=2))
+            assert np.array_equal(F._erode(mask), ndi.binary_erosion(mask))
+            assert np.array_equal(F._fill_holes(mask), ndi.binary_fill_holes(mask))
+            labels, n = ndi.label(mask)
+            if n:
+                sizes = ndi.sum(mask, labels, index=np.arange(1, n + 1))
+                assert np.array_equal(F._largest_region(mask), labels == 1 + int(np.argmax(sizes)))
+    twins = np.zeros((20, 40), bool)
+    twins[5:10, 25:30] = twins[12:17, 5:10] = True  # equal areas: scipy keeps the first in raster order
+    assert F._largest_region(twins)[5:10, 25:30].all()
+    assert F._largest_region(np.zeros((5, 5), bool)) is None
+    img = np.random.default_rng(1).random((30, 20, 3)).astype(np.float32)
+    assert np.array_equal(F._luminance(img), img.mean(axis=2))
