@@ -34,6 +34,10 @@ class IndexMismatchError(GuardError):
     """A saved index or cache was built with another embedder or dataset than the one in use."""
 
 
+class IndexBuildError(GuardError):
+    """Building an index failed for a reason other than its input (a worker process died)."""
+
+
 class ManifestError(GuardError):
     """A manifest is malformed or tries to reach outside its release (path tricks)."""
 

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from synfundus_guard.data.folder import write_image_folder
+from synfundus_guard.data.folder import scan_folder, write_image_folder
 from synfundus_guard.data.phantom import PhantomPatient, render_visit
 from synfundus_guard.embed.cache import ArrayCache
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec
@@ -47,3 +47,26 @@ def test_ivf_index_finds_the_exact_neighbours_and_keeps_nprobe_after_loading(tra
     assert (approx[:, 0] == np.arange(80)).all()  # every training image finds itself
     overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, approx)])
     assert overlap >= 0.9, overlap
+
+
+def test_index_built_in_worker_processes_equals_one_built_here(train, tmp_path):
+    """Templates computed by two spawned workers, some taken from the cache, are the ones one process computes."""
+    def emb():
+        return embedder_from_spec(DEFAULT_SPEC)  # fresh: a build fits the embedder's projection in place
+
+    here = ArrayCache(tmp_path / "here.sqlite")
+    par = ArrayCache(tmp_path / "par.sqlite")
+    try:
+        one = build_index(train_dir=train / "train", out_dir=tmp_path / "one", cache=here, embedder=emb(), workers=1)
+        first = scan_folder(train / "train")[:20]
+        build_index(records=first, out_dir=tmp_path / "warm", cache=par, embedder=emb(), workers=1)  # warms 20
+        two = build_index(train_dir=train / "train", out_dir=tmp_path / "two", cache=par, embedder=emb(), workers=2,
+                          batch_size=8)
+    finally:
+        here.close()
+        par.close()
+    assert one.size == two.size == 80
+    np.testing.assert_array_equal(one.sketches, two.sketches)
+    np.testing.assert_array_equal(one.vessels, two.vessels)
+    q = one.faiss_index.reconstruct_n(0, one.size)
+    np.testing.assert_allclose(q, two.faiss_index.reconstruct_n(0, two.size), atol=1e-6)

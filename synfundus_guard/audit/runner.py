@@ -77,13 +77,16 @@ def prepare_guard(
     index_dir: Path | None = None,
     cache_dir: Path | None = None,
     batch_size: int = 16,
+    workers: int = 0,
     progress: Progress = NULL_PROGRESS,
 ) -> Guard:
     """Load or build the index of the training set and calibrate it on the holdout set.
 
     The sets are folders (``train_dir``, ``holdout_dir``) or record lists (e.g. the split a model's card
-    names). With ``index_dir`` given and present, that index is used and must match the training set and
-    embedder (:class:`IndexMismatchError` otherwise); absent, it is built there. Without it, indexes are cached
+    names); an index is built in ``workers`` processes (0: automatic, see
+    :func:`~synfundus_guard.index.store.build_index`). With ``index_dir`` given and present, that index is used
+    and must match the training set and embedder (:class:`IndexMismatchError` otherwise); absent, it is built
+    there. Without it, indexes are cached
     under ``cache_dir/index/`` keyed by dataset and embedder fingerprints.
     """
     emb = embedder_from_spec(embedder) if isinstance(embedder, str) else embedder
@@ -111,7 +114,7 @@ def prepare_guard(
             _check_same_training_set(index, data_fp, who_fp)
         else:
             index = build_index(records=train_records, shas=shas, out_dir=index_dir, embedder=emb, cache=cache,
-                                batch_size=batch_size, progress=progress)
+                                batch_size=batch_size, workers=workers, progress=progress)
         cal = calibrate(index, holdout_records, k=k, batch_size=batch_size, progress=progress)
     finally:
         cache.close()
@@ -344,7 +347,8 @@ def audit_release(
             raise InputError("--train and --holdout must be given together")
         guard = prepare_guard(train_dir=train_dir, holdout_dir=holdout_dir, k=policy.memorization.k,
                               embedder=embedder, index_dir=index_dir, cache_dir=cache_dir,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, workers=workers if engine == "local" else 0,
+                              progress=progress)
     from .membership import release_level_checks  # membership inference + model DP facts
 
     release_checks = release_level_checks(

@@ -12,11 +12,8 @@ out of memory) raises :class:`~synfundus_guard.errors.CheckError`, and nothing i
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -25,25 +22,19 @@ import numpy as np
 from ..data.images import decode_image, read_image_bytes
 from ..errors import CheckError
 from ..fsutil import sha256_bytes
+from ..parallel import MIN_ITEMS_PER_WORKER, auto_workers, limit_threads, ordered_map
 from .base import Candidate, Check, Finding, run_checks
+
+__all__ = ["MIN_IMAGES_PER_WORKER", "auto_workers", "limit_threads", "map_batches", "check_files", "read_candidate"]
 
 CheckFactory = Callable[[], Sequence[Check]]
 """Builds the checks; must be picklable (a module-level function or a :func:`functools.partial` of one)."""
 BatchResult = list[tuple[Candidate, str, list[Finding]]]
 """Per image of a batch: the candidate (its image dropped in workers), the sha256 of its bytes, its findings."""
 
-MIN_IMAGES_PER_WORKER = 64
-"""``workers=0`` (auto) starts one worker per core only when each would get at least this many images: starting
-a worker costs seconds (interpreter, torch, loading the index), checking 64 images costs several more."""
-
-
-def auto_workers(n_images: int, requested: int = 0) -> int:
-    """The number of worker processes to use: ``requested`` when >= 1, else all cores (0 = auto) as far as each
-    gets :data:`MIN_IMAGES_PER_WORKER` images; 1 means "in this process"."""
-    if requested >= 1:
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, n_images // MIN_IMAGES_PER_WORKER))
+MIN_IMAGES_PER_WORKER = MIN_ITEMS_PER_WORKER
+"""``workers=0`` (auto) starts one worker per core only when each would get at least this many images
+(:func:`~synfundus_guard.parallel.auto_workers`)."""
 
 
 def read_candidate(release_dir: Path, rel: Path) -> tuple[Candidate, str]:
@@ -64,18 +55,6 @@ _CHECKS: Sequence[Check] | None = None
 _EMPTY = np.zeros((0, 0, 3), np.float32)
 
 
-def limit_threads() -> None:
-    """One thread per worker process (torch, OpenMP, OpenCV, FAISS): N workers use N cores."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import cv2
-    import faiss
-    import torch
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    faiss.omp_set_num_threads(1)
-
-
 def check_in_worker(checks: Sequence[Check], release_dir: Path, rels: Sequence[Path]) -> BatchResult:
     """:func:`check_files`, returning what the parent needs: names, hashes and findings, not the pixels."""
     return [(Candidate(c.file_name, _EMPTY, c.path), sha, f) for c, sha, f in check_files(checks, release_dir, rels)]
@@ -83,7 +62,6 @@ def check_in_worker(checks: Sequence[Check], release_dir: Path, rels: Sequence[P
 
 def _init_worker(factory: CheckFactory) -> None:
     global _CHECKS
-    limit_threads()
     _CHECKS = factory()
 
 
@@ -110,26 +88,9 @@ def map_batches(factory: CheckFactory, checks: Sequence[Check], release_dir: Pat
         for rels in batches:
             yield check_files(checks, release_dir, rels)
         return
-    ctx = mp.get_context("spawn")  # fork is unsafe once torch / OpenMP threads exist in this process
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(factory,))
-    pending: deque[Future] = deque()
-    todo = iter(batches)
     try:
-        for rels in todo:
-            pending.append(pool.submit(_check_in_worker, release_dir, list(rels)))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(_check_in_worker, release_dir, list(nxt)))
-            yield result
+        yield from ordered_map(partial(_check_in_worker, release_dir), [list(rels) for rels in batches],
+                               workers=min(workers, len(batches)), setup=_init_worker, setup_args=(factory,))
     except BrokenProcessPool as exc:
         raise CheckError(f"a check worker process died ({exc}); nothing was written. Run again, with fewer "
                          "--workers if memory is short") from None
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,16 +1,14 @@
 """Features of image files for the fidelity metrics, on all cores.
 
-Files are decoded and described in worker processes (spawned, one thread each, the standard library's process
-pool), in order, batch by batch; the extractor is built once per worker from its spec (``stats`` by default, see
+Files are decoded and described in worker processes (:func:`~synfundus_guard.parallel.ordered_map`: spawned, one
+thread each), in order, batch by batch; the extractor is built once per worker from its spec (``stats`` by default, see
 :mod:`~synfundus_guard.embed.stats`). A file that cannot be decoded is an :class:`~synfundus_guard.errors.ImageError`
 naming it, as everywhere else.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +16,7 @@ import numpy as np
 
 from ..data.images import load_image
 from ..embed.registry import embedder_from_spec
+from ..parallel import ordered_map
 from ..progress import NULL_PROGRESS, Progress
 
 DEFAULT_FEATURES = "stats"
@@ -25,11 +24,7 @@ BATCH = 32
 _WORKER: dict = {}
 
 
-def _init(spec: str, worker: bool = True) -> None:
-    if worker and spec != DEFAULT_FEATURES:  # a spawned worker running a torch model uses one thread each
-        from ..audit.workers import limit_threads
-
-        limit_threads()
+def _init(spec: str) -> None:
     _WORKER["embedder"] = embedder_from_spec(spec)
 
 
@@ -51,14 +46,12 @@ def extract_features(paths: Sequence[Path], *, spec: str = DEFAULT_FEATURES, wor
     out: list[np.ndarray] = []
     with progress.task(f"Features ({what})", total=len(paths)) as task:
         if n_workers == 1:
-            _init(spec, worker=False)
+            _init(spec)
             for batch in batches:
                 out.append(_describe(batch))
                 task.advance(len(batch))
         else:
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init, initargs=(spec,)) as pool:
-                for feats in pool.map(_describe, batches):
-                    out.append(feats)
-                    task.advance(len(feats))
+            for feats in ordered_map(_describe, batches, workers=n_workers, setup=_init, setup_args=(spec,)):
+                out.append(feats)
+                task.advance(len(feats))
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)

@@ -24,9 +24,11 @@ import json
 import os
 import shutil
 import threading
+from collections import deque
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -36,8 +38,9 @@ from ..data.folder import ImageRecord, scan_folder
 from ..data.images import load_image
 from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
-from ..errors import IndexMismatchError, InputError
+from ..errors import IndexBuildError, IndexMismatchError, InputError
 from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
+from ..parallel import auto_workers, ordered_map
 from ..progress import NULL_PROGRESS, Progress
 from ..safeload import read_json
 
@@ -105,6 +108,37 @@ def hash_records(records: Sequence[ImageRecord], progress: Progress = NULL_PROGR
     return out
 
 
+def _template_kinds(embedder: Embedder) -> dict[str, tuple[str, Callable[[list[np.ndarray]], list[np.ndarray]]]]:
+    """What is stored per training image: name -> (cache fingerprint, batch function)."""
+    return {
+        "features": (embedder.feature_fingerprint(), lambda imgs: list(embedder.features(imgs))),
+        "sketches": (SKETCH_VERSION, lambda imgs: [make_sketch(im) for im in imgs]),
+        "vessels": (VESSEL_VERSION, lambda imgs: [make_sketch(im, "vessel") for im in imgs]),
+    }
+
+
+def _templates_of(embedder: Embedder, paths: Sequence[Path]) -> dict[str, list[np.ndarray]]:
+    """Raw features, band sketches and vessel templates of image files (one batch; none when it is empty)."""
+    if not paths:
+        return {}
+    imgs = [load_image(p) for p in paths]
+    return {name: fn(imgs) for name, (_, fn) in _template_kinds(embedder).items()}
+
+
+BUILD_ITEMS_PER_WORKER = 500
+"""Automatic worker counts of an index build give each worker at least this many images: a worker starts in ~4 s
+(interpreter, torch), an image costs ~20 ms (256 px), so 500 images are ~2.5 x the start."""
+_BUILDER: dict[str, Embedder] = {}
+
+
+def _init_builder(embedder: Embedder) -> None:
+    _BUILDER["embedder"] = embedder
+
+
+def _templates_in_worker(paths: Sequence[Path]) -> dict[str, list[np.ndarray]]:
+    return _templates_of(_BUILDER["embedder"], paths)
+
+
 def compute_features(
     records: Sequence[ImageRecord],
     shas: Sequence[str],
@@ -115,32 +149,48 @@ def compute_features(
     progress: Progress,
     what: str,
     out: dict[str, np.ndarray],
+    workers: int = 1,
 ) -> None:
-    """Raw features, band sketches and vessel templates of records, from the cache where possible.
+    """Raw features, band sketches and vessel templates of records, from the cache where possible, the rest
+    computed in ``workers`` processes (0: one per core, as far as each gets :data:`BUILD_ITEMS_PER_WORKER` images;
+    1: in this process).
 
     Results are written batch by batch into ``out["features"]``, ``out["sketches"]`` and ``out["vessels"]``
-    (memory maps on disk), so memory stays bounded by one batch.
+    (memory maps on disk), so memory stays bounded by a few batches.
     """
-    kinds = {
-        "features": (embedder.feature_fingerprint(), lambda imgs: list(embedder.features(imgs))),
-        "sketches": (SKETCH_VERSION, lambda imgs: [make_sketch(im) for im in imgs]),
-        "vessels": (VESSEL_VERSION, lambda imgs: [make_sketch(im, "vessel") for im in imgs]),
-    }
-    n = len(records)
-    with progress.task(f"Embedding {what}", total=n) as t:
-        for i in range(0, n, batch_size):
-            recs, hs = records[i : i + batch_size], list(shas[i : i + batch_size])
-            got = {name: cache.get_many(fp, hs) for name, (fp, _) in kinds.items()}
+    fps = {name: fp for name, (fp, _) in _template_kinds(embedder).items()}
+    planned: deque[tuple[int, list[str], dict[str, dict[str, np.ndarray]], list[int]]] = deque()
+
+    def plan() -> Iterator[list[Path]]:
+        """Per batch, look the cache up and yield the files left to compute; lazily, so that only the batches in
+        flight are held in memory."""
+        for i in range(0, len(records), batch_size):
+            hs = list(shas[i : i + batch_size])
+            got = {name: cache.get_many(fp, hs) for name, fp in fps.items()}
             todo = [j for j, h in enumerate(hs) if any(h not in g for g in got.values())]
-            if todo:
-                imgs = [load_image(recs[j].path) for j in todo]
-                for name, (fp, fn) in kinds.items():
-                    new = {hs[j]: v for j, v in zip(todo, fn(imgs))}
-                    got[name].update(new)
-                    cache.put_many(fp, new)
-            for name in kinds:
-                out[name][i : i + len(hs)] = np.stack([got[name][h] for h in hs])
-            t.advance(len(recs))
+            planned.append((i, hs, got, todo))
+            yield [records[i + j].path for j in todo]
+
+    n_workers = auto_workers(len(records), workers, min_per_worker=BUILD_ITEMS_PER_WORKER)
+    if n_workers <= 1:
+        computed: Iterator[dict[str, list[np.ndarray]]] = (_templates_of(embedder, p) for p in plan())
+    else:
+        computed = ordered_map(_templates_in_worker, plan(), workers=n_workers, setup=_init_builder,
+                               setup_args=(embedder,))
+    with progress.task(f"Embedding {what}", total=len(records)) as t:
+        try:
+            for new in computed:
+                i, hs, got, todo = planned.popleft()
+                for name, values in new.items():
+                    fresh = {hs[j]: v for j, v in zip(todo, values)}
+                    got[name].update(fresh)
+                    cache.put_many(fps[name], fresh)
+                for name in fps:
+                    out[name][i : i + len(hs)] = np.stack([got[name][h] for h in hs])
+                t.advance(len(hs))
+        except BrokenProcessPool as exc:
+            raise IndexBuildError(f"an index worker process died ({exc}); nothing was kept. Run again, with "
+                                  "fewer --workers if memory is short") from None
 
 
 @dataclass
@@ -241,11 +291,13 @@ def build_index(
     kind: str = "flat",
     batch_size: int = 32,
     seed: int = 0,
+    workers: int = 1,
     progress: Progress = NULL_PROGRESS,
 ) -> GuardIndex:
     """Embed every training image (of ``train_dir``, or the given ``records`` with their content ``shas`` when
     already known) into an index folder at ``out_dir``; returns it loaded. ``kind`` is the FAISS index, one of
-    :data:`INDEX_KINDS`."""
+    :data:`INDEX_KINDS`; ``workers``: processes that compute the templates (0: one per core, as far as each gets
+    :data:`BUILD_ITEMS_PER_WORKER` images)."""
     if records is None:
         if train_dir is None:
             raise InputError("build_index needs train_dir or records")
@@ -262,7 +314,7 @@ def build_index(
     tmp = _fresh_build_dir(out_dir)
     try:
         _write_index_files(tmp, records, shas, embedder=embedder, cache=cache, kind=kind, batch_size=batch_size,
-                           seed=seed, progress=progress)
+                           seed=seed, workers=workers, progress=progress)
         (tmp / BUILDING_MARKER).unlink()
         make_private_tree(tmp)
     except BaseException:
@@ -288,7 +340,8 @@ def _fresh_build_dir(out_dir: Path) -> Path:
 
 
 def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence[str], *, embedder: Embedder,
-                       cache: ArrayCache, kind: str, batch_size: int, seed: int, progress: Progress) -> None:
+                       cache: ArrayCache, kind: str, batch_size: int, seed: int, workers: int,
+                       progress: Progress) -> None:
     n = len(records)
     # Features, sketches and vessel templates stream into memory maps on disk: memory stays bounded by a batch.
     n_feat = embedder.features([load_image(records[0].path)]).shape[1]
@@ -299,7 +352,7 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
         "vessels": np.lib.format.open_memmap(tmp / "vessels.npy", mode="w+", dtype=np.float16, shape=side),
     }
     compute_features(records, shas, embedder=embedder, cache=cache, batch_size=batch_size, progress=progress,
-                     what="training set", out=out)
+                     what="training set", out=out, workers=workers)
     feats = out["features"]
     rng = np.random.default_rng(seed)
     pick = np.arange(n) if n <= _PCA_SAMPLE else np.sort(rng.choice(n, _PCA_SAMPLE, replace=False))

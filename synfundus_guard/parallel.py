@@ -1,0 +1,86 @@
+"""An ordered parallel map over worker processes: all cores of one machine, memory bounded.
+
+The audit's checks (:mod:`.audit.workers`) and the index build (:mod:`.index.store`) both map a function over
+batches in ``spawn``-ed worker processes that set themselves up once (load a model or an index from its folder,
+never through a pipe), with at most ``2 x workers`` batches in flight and results in input order. Each worker uses
+one thread (torch, OpenMP, OpenCV, FAISS), so N workers use N cores without oversubscription. A cluster is
+Ray's job (:mod:`.audit.ray_engine`), not this module's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MIN_ITEMS_PER_WORKER = 64
+"""Automatic worker counts give each worker at least this many images: starting one costs seconds (interpreter,
+torch, loading an index), checking or embedding 64 images costs several more."""
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def auto_workers(n_items: int, requested: int = 0, min_per_worker: int = MIN_ITEMS_PER_WORKER) -> int:
+    """The number of worker processes to use: ``requested`` when >= 1, else all cores (0 = auto) as far as each
+    gets ``min_per_worker`` items; 1 means "in this process"."""
+    if requested >= 1:
+        return requested
+    return max(1, min(cores(), n_items // min_per_worker))
+
+
+def limit_threads() -> None:
+    """One thread per worker process (torch, OpenMP, OpenCV, FAISS): N workers use N cores."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+    import faiss
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    faiss.omp_set_num_threads(1)
+
+
+def _init(setup: Callable[..., None] | None, args: tuple) -> None:
+    limit_threads()
+    if setup is not None:
+        setup(*args)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
+                setup: Callable[..., None] | None = None, setup_args: tuple[Any, ...] = ()) -> Iterator[R]:
+    """``fn(item)`` for each item, in order, computed in ``workers`` spawned processes that first run
+    ``setup(*setup_args)`` (``fn`` and ``setup`` must be picklable: module-level functions or partials of them).
+
+    At most ``2 x workers`` items are in flight. A worker that dies (killed, out of memory) raises
+    :class:`concurrent.futures.process.BrokenProcessPool`; callers say what that means for their work.
+    """
+    ctx = mp.get_context("spawn")  # fork is unsafe once torch / OpenMP threads exist in this process
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init, initargs=(setup, setup_args))
+    pending: deque[Future] = deque()
+    todo = iter(items)
+    try:
+        for item in todo:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(todo, _END)
+            if nxt is not _END:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
