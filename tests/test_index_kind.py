@@ -70,3 +70,28 @@ def test_index_built_in_worker_processes_equals_one_built_here(train, tmp_path):
     np.testing.assert_array_equal(one.vessels, two.vessels)
     q = one.faiss_index.reconstruct_n(0, one.size)
     np.testing.assert_allclose(q, two.faiss_index.reconstruct_n(0, two.size), atol=1e-6)
+
+
+def test_calibration_in_worker_processes_equals_one_made_here(train, tmp_path):
+    """Holdout scores computed by two spawned workers (each loading the index from its folder) are the ones one
+    process computes, in the same order."""
+    import shutil
+
+    from synfundus_guard.index.calibrate import calibrate
+
+    write_image_folder(tmp_path / "holdout", [(f"h{p:03d}.png", render_visit(PhantomPatient.from_seed(9, p), visit=0,
+                                                                             size=64, seed=9)[0], f"H{p}", f"Q{p}")
+                                              for p in range(24)])
+    holdout = scan_folder(tmp_path / "holdout")
+    cache = ArrayCache(tmp_path / "features.sqlite")
+    try:
+        index = build_index(train_dir=train / "train", out_dir=tmp_path / "ix", cache=cache,
+                            embedder=embedder_from_spec(DEFAULT_SPEC))
+    finally:
+        cache.close()
+    here = calibrate(index, holdout, k=5, batch_size=8, workers=1)
+    shutil.rmtree(tmp_path / "ix" / "calibration")  # not from the cache: computed again, in workers
+    there = calibrate(index, holdout, k=5, batch_size=8, workers=2)
+    for name in ("embedding_sims", "pixel_nccs", "vessel_scores"):
+        np.testing.assert_allclose(getattr(here, name), getattr(there, name), atol=1e-6)
+        assert len(getattr(here, name)) == 24

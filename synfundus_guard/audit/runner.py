@@ -83,10 +83,10 @@ def prepare_guard(
     """Load or build the index of the training set and calibrate it on the holdout set.
 
     The sets are folders (``train_dir``, ``holdout_dir``) or record lists (e.g. the split a model's card
-    names); an index is built in ``workers`` processes (0: automatic, see
-    :func:`~synfundus_guard.index.store.build_index`). With ``index_dir`` given and present, that index is used
-    and must match the training set and embedder (:class:`IndexMismatchError` otherwise); absent, it is built
-    there. Without it, indexes are cached
+    names); the index is built and calibrated in ``workers`` processes (0: automatic, see
+    :func:`~synfundus_guard.index.store.build_index` and :func:`~synfundus_guard.index.calibrate.calibrate`).
+    With ``index_dir`` given and present, that index is used and must match the training set and embedder
+    (:class:`IndexMismatchError` otherwise); absent, it is built there. Without it, indexes are cached
     under ``cache_dir/index/`` keyed by dataset and embedder fingerprints.
     """
     emb = embedder_from_spec(embedder) if isinstance(embedder, str) else embedder
@@ -115,7 +115,7 @@ def prepare_guard(
         else:
             index = build_index(records=train_records, shas=shas, out_dir=index_dir, embedder=emb, cache=cache,
                                 batch_size=batch_size, workers=workers, progress=progress)
-        cal = calibrate(index, holdout_records, k=k, batch_size=batch_size, progress=progress)
+        cal = calibrate(index, holdout_records, k=k, batch_size=batch_size, workers=workers, progress=progress)
     finally:
         cache.close()
     return Guard(index=index, calibration=cal, identifiers=tuple(identifiers_of([*train_records, *holdout_records])))
