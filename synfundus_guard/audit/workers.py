@@ -22,20 +22,15 @@ import numpy as np
 from ..data.images import decode_image, read_image_bytes
 from ..errors import CheckError
 from ..fsutil import sha256_bytes
-from ..parallel import MIN_ITEMS_PER_WORKER, auto_workers, limit_threads, ordered_map
+from ..parallel import auto_workers, limit_threads, ordered_map
 from .base import Candidate, Check, Finding, run_checks
 
-__all__ = ["MIN_IMAGES_PER_WORKER", "auto_workers", "limit_threads", "map_batches", "check_files", "read_candidate"]
+__all__ = ["auto_workers", "limit_threads", "map_batches", "check_files", "read_candidate"]
 
 CheckFactory = Callable[[], Sequence[Check]]
 """Builds the checks; must be picklable (a module-level function or a :func:`functools.partial` of one)."""
 BatchResult = list[tuple[Candidate, str, list[Finding]]]
 """Per image of a batch: the candidate (its image dropped in workers), the sha256 of its bytes, its findings."""
-
-MIN_IMAGES_PER_WORKER = MIN_ITEMS_PER_WORKER
-"""``workers=0`` (auto) starts one worker per core only when each would get at least this many images
-(:func:`~synfundus_guard.parallel.auto_workers`)."""
-
 
 def read_candidate(release_dir: Path, rel: Path) -> tuple[Candidate, str]:
     """Read one release file once: decoded for the checks, hashed (sha256) for the seal."""
