@@ -37,11 +37,14 @@ def auto_workers(n_items: int, requested: int = 0, min_per_worker: int = MIN_ITE
 
 
 def limit_threads() -> None:
-    """One thread per worker process (torch, OpenMP, OpenCV, FAISS): N workers use N cores."""
+    """One thread per worker process (torch, OpenMP, OpenCV, FAISS, BLAS): N workers use N cores."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import cv2
     import faiss
     import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # numpy's BLAS was loaded before this ran, so the variable above came too late for it
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

@@ -160,3 +160,35 @@ def test_fov_morphology_on_opencv_equals_scipy_which_defined_it() -> None:
     assert F._largest_region(np.zeros((5, 5), bool)) is None
     img = np.random.default_rng(1).random((30, 20, 3)).astype(np.float32)
     assert np.array_equal(F._luminance(img), img.mean(axis=2))
+
+
+def test_batched_alignment_equals_one_full_correlation_per_view(retina) -> None:
+    """score_many (views batched, SciPy FFTs, only the searched shifts read) against the definition: each view
+    warped and tapered alone, numpy's full inverse FFT of its cross-power, the best value within max_shift."""
+    from synfundus_guard.audit.pixel_match import COARSE, SKETCH_SIDE, _tapered_spectra
+    from synfundus_guard.data.fov import orient, rotate_scale
+
+    rng = np.random.default_rng(4)
+    others = [render_visit(PhantomPatient.from_seed(2, p), visit=0, size=160, seed=2)[0] for p in range(2)]
+    sketches = np.stack([make_sketch(im) for im in (retina, *others)])
+    q = QuerySketch(random_copy(retina, rng, family="geometric")[0])
+    pairs = [(0, 0, 0.0), (1, 4, -4.0), (2, 0, 8.0), (0, 0, 4.0)]
+    for grid in (COARSE, q.grid):
+        got = q.score_many(sketches, pairs, grid=grid)
+        m = grid.max_shift
+        for (j, o, a), (score, t) in zip(pairs, got):
+            best = (-np.inf, None)
+            for da in grid.angles:
+                for s in grid.scales:
+                    view = orient(q.base, o)
+                    view = view if (a + da == 0 and s == 1) else rotate_scale(view, a + da, s)
+                    spec = _tapered_spectra(view[None], q.is_disc)[0]
+                    corr = np.fft.irfft2(spec * np.conj(np.fft.rfft2(sketches[j].astype(np.float32))),
+                                         s=(SKETCH_SIDE, SKETCH_SIDE))
+                    for dy in range(-m, m + 1):
+                        for dx in range(-m, m + 1):
+                            if corr[dy, dx] > best[0]:
+                                best = (corr[dy, dx], (a + da, s, dx, dy))
+            assert score == pytest.approx(best[0], abs=1e-5)
+            assert (t["orientation"], t["angle"], t["scale"], t["dx"], t["dy"]) == pytest.approx((o, *best[1]))
+            assert score == pytest.approx(q.score(sketches[j], orientation=o, angle=a, grid=grid)[0], abs=1e-6)

@@ -95,20 +95,23 @@ def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, 
     candidate-views.
     """
     refine = REFINE if refine is None else refine
-    coarse = []
+    order = list(dict.fromkeys(j for j, _ in retrieval.candidates))  # each candidate's templates, once
+    slots = {j: slot for slot, j in enumerate(order)}
+    pairs = []
     for j, views in retrieval.candidates:
-        template = np.asarray(templates[j])
         for view in dict.fromkeys((*views, *extra_views)):
             orientation, angle = view_params(view)
-            for a in COARSE_ANGLES if angle is None else (angle,):
-                score, t = query.score(template, orientation=orientation, angle=a, grid=COARSE)
-                coarse.append((score, j, orientation, a, t))
-    coarse.sort(key=lambda c: -c[0])
-    best_score, best_j, _, _, best_t = coarse[0] if coarse else (-1.0, -1, 0, 0.0, {})
-    for _, j, orientation, a, _ in coarse[:refine]:
-        score, t = query.score(np.asarray(templates[j]), orientation=orientation, angle=a)
+            pairs += [(slots[j], orientation, a) for a in (COARSE_ANGLES if angle is None else (angle,))]
+    if not pairs:
+        return -1.0, -1, {}
+    sketches = np.stack([np.asarray(templates[j]) for j in order])
+    coarse = sorted(zip(query.score_many(sketches, pairs, grid=COARSE), pairs), key=lambda c: -c[0][0])
+    (best_score, best_t), (slot, _, _) = coarse[0]
+    best_j = order[slot]
+    top = [pair for _, pair in coarse[:refine]]
+    for (score, t), (slot, _, _) in zip(query.score_many(sketches, top), top):
         if score > best_score:
-            best_score, best_j, best_t = score, j, t
+            best_score, best_j, best_t = score, order[slot], t
     return best_score, best_j, best_t
 
 

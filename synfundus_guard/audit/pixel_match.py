@@ -12,9 +12,11 @@ anatomy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from ..data.fov import WARP_VERSION, canonical_crop, detect_fov, disc_mask, orient, rotate_scale
@@ -72,7 +74,7 @@ _PARSEVAL[:, -1] = 1.0 if SKETCH_SIDE % 2 == 0 else 2.0
 def _band(eq: np.ndarray) -> np.ndarray:
     """The band-pass (difference of Gaussians, 1 and 4 px) of an equalised canonical image: the vessel tree and
     lesions, not the illumination. Isotropic, so warping the band-passed image is band-passing the warped one."""
-    return np.fft.irfft2(np.fft.rfft2(eq) * _DOG, s=eq.shape)
+    return sfft.irfft2(sfft.rfft2(eq) * _DOG, s=eq.shape)
 
 
 def _tapered_spectra(maps: np.ndarray, is_disc: bool) -> np.ndarray:
@@ -81,7 +83,7 @@ def _tapered_spectra(maps: np.ndarray, is_disc: bool) -> np.ndarray:
     The band-pass comes before the taper, so the FOV rim and the vignetting ring that every fundus photo shares
     do not count as matching structure.
     """
-    spec = np.fft.rfft2(maps * (_TAPER if is_disc else _FULL_TAPER))
+    spec = sfft.rfft2(maps * (_TAPER if is_disc else _FULL_TAPER))
     spec[:, 0, 0] = 0.0
     energy = np.sum(_PARSEVAL * (spec.real**2 + spec.imag**2), axis=(1, 2)) / (SKETCH_SIDE * SKETCH_SIDE)
     return spec / np.maximum(np.sqrt(energy), 1e-9)[:, None, None]
@@ -154,9 +156,10 @@ def vesselness(eq: np.ndarray) -> np.ndarray:
 _BASES = {"band": _band, "vessel": vesselness}
 """What each kind of sketch tapers and correlates, from the equalised canonical image."""
 VESSEL_VERSION = f"vessel-v3:{SKETCH_SIDE}"
-ALIGN_VERSION = f"align-v2:{WARP_VERSION}"
+ALIGN_VERSION = f"align-v3:{WARP_VERSION}"
 """Changes whenever alignment scores would (v2: queries are band-passed before they are warped, warps by
-OpenCV); the checks' match versions include it, so calibrations of another version are recomputed."""
+OpenCV; v3: SciPy's FFTs, views correlated in batches, scores within 3e-6 of v2); the checks' match versions
+include it, so calibrations of another version are recomputed."""
 
 
 def make_sketch(img: np.ndarray, kind: str = "band") -> np.ndarray:
@@ -164,7 +167,19 @@ def make_sketch(img: np.ndarray, kind: str = "band") -> np.ndarray:
     sketch of the memorization check (``kind="band"``) or the vessel template of the biometric check."""
     eq, is_disc = _equalised(img)
     spec = _tapered_spectra(_BASES[kind](eq)[None], is_disc)[0]
-    return np.fft.irfft2(spec, s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float16)
+    return sfft.irfft2(spec, s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float16)
+
+
+BATCH = 16
+"""Views correlated per inverse FFT: one call per view pays numpy's overhead 16 times; 45 views at once (1.7 MB of
+spectra) ran 3x slower per view than 15 on this machine's cache."""
+
+
+def shift_window(products: np.ndarray, m: int) -> np.ndarray:
+    """Circular cross-correlations ``(n, 2m+1, 2m+1)`` at shifts ``-m..m`` (rows dy, columns dx) from the
+    products of half-spectra ``(n, S, S//2+1)``."""
+    shifts = np.r_[SKETCH_SIDE - m : SKETCH_SIDE, 0 : m + 1]  # -m..m as wrapped indices
+    return sfft.irfft2(products, s=(SKETCH_SIDE, SKETCH_SIDE))[:, shifts][:, :, shifts]
 
 
 class QuerySketch:
@@ -191,24 +206,32 @@ class QuerySketch:
 
     def template(self) -> np.ndarray:
         """The query as :func:`make_sketch` would store it (unwarped), float32."""
-        return np.fft.irfft2(self._spectrum_stack([(0, 0.0, 1.0)])[0], s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
+        return sfft.irfft2(self._spectrum_stack([(0, 0.0, 1.0)])[0], s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
 
     def score(self, sketch: np.ndarray, *, orientation: int = 0, angle: float = 0.0,
               grid: AlignmentGrid | None = None) -> tuple[float, dict[str, float]]:
         """Best NCC against a training ``sketch`` around the view (``orientation``, ``angle``) and the transform."""
-        tspec = np.conj(np.fft.rfft2(sketch.astype(np.float32)))
+        return self.score_many(np.asarray(sketch)[None], [(0, orientation, angle)], grid=grid)[0]
+
+    def score_many(self, sketches: np.ndarray, pairs: Sequence[tuple[int, int, float]], *,
+                   grid: AlignmentGrid | None = None) -> list[tuple[float, dict[str, float]]]:
+        """:meth:`score` for each ``(sketch index, orientation, angle)`` of ``pairs`` against ``sketches``
+        ``(m, S, S)``, batched."""
         g = grid or self.grid
-        keys = [(orientation, angle + da, s) for da in g.angles for s in g.scales]
-        spectra = self._spectrum_stack(keys)
-        corr = np.fft.irfft2(spectra * tspec, s=(SKETCH_SIDE, SKETCH_SIDE))
+        offsets = [(da, s) for da in g.angles for s in g.scales]
+        keys = [(o, a + da, s) for _, o, a in pairs for da, s in offsets]
+        which = np.repeat(np.fromiter((j for j, _, _ in pairs), dtype=np.intp, count=len(pairs)), len(offsets))
+        tspec = np.conj(sfft.rfft2(np.asarray(sketches, dtype=np.float32)))
         m = g.max_shift
-        # keep shifts in [-m, m] (wrapped indices)
-        rows = np.r_[0 : m + 1, SKETCH_SIDE - m : SKETCH_SIDE]
-        window = corr[:, rows][:, :, rows]
-        flat = int(np.argmax(window))
-        v, iy, ix = np.unravel_index(flat, window.shape)
-        best = float(window[v, iy, ix])
-        dy, dx = int(rows[iy]), int(rows[ix])
-        dy, dx = (dy - SKETCH_SIDE if dy > m else dy), (dx - SKETCH_SIDE if dx > m else dx)
-        kf, ka, ks = keys[v]
-        return best, {"orientation": float(kf), "angle": float(ka), "scale": float(ks), "dx": float(dx), "dy": float(dy)}
+        window = np.concatenate([
+            shift_window(self._spectrum_stack(keys[i : i + BATCH]) * tspec[which[i : i + BATCH]], m)
+            for i in range(0, len(keys), BATCH)
+        ]).reshape(len(pairs), -1)
+        flat = np.argmax(window, axis=1)
+        out = []
+        for p, f in enumerate(flat):
+            v, iy, ix = np.unravel_index(int(f), (len(offsets), 2 * m + 1, 2 * m + 1))
+            kf, ka, ks = keys[p * len(offsets) + v]
+            out.append((float(window[p, f]), {"orientation": float(kf), "angle": float(ka), "scale": float(ks),
+                                              "dx": float(ix - m), "dy": float(iy - m)}))
+        return out
