@@ -15,6 +15,7 @@ import abc
 import math
 from typing import Any, Sequence
 
+from ..parallel import single_thread_blas
 from ..results import Candidate, Finding
 
 __all__ = ["Candidate", "Check", "Finding", "failed_closed", "run_checks"]
@@ -54,18 +55,20 @@ def run_checks(checks: Sequence[Check], batch: Sequence[Candidate]) -> list[list
     """Run every check on ``batch``; returns, per image, the list of findings (one per check).
 
     Any exception, or a check returning the wrong number of findings, fails every image of the batch closed
-    for that check, with the error as the reason.
+    for that check, with the error as the reason. numpy's BLAS runs on one thread meanwhile
+    (:func:`~synfundus_guard.parallel.single_thread_blas`).
     """
     per_image: list[list[Finding]] = [[] for _ in batch]
-    for check in checks:
-        try:
-            findings = check.check_batch(batch)
-            if len(findings) != len(batch):
-                raise RuntimeError(f"returned {len(findings)} findings for {len(batch)} images")
-            findings = [_finite_or_failed(f) for f in findings]
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything a check raises
-            msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            findings = [failed_closed(check.name, msg) for _ in batch]
-        for slot, finding in zip(per_image, findings):
-            slot.append(finding)
+    with single_thread_blas():
+        for check in checks:
+            try:
+                findings = check.check_batch(batch)
+                if len(findings) != len(batch):
+                    raise RuntimeError(f"returned {len(findings)} findings for {len(batch)} images")
+                findings = [_finite_or_failed(f) for f in findings]
+            except Exception as exc:  # noqa: BLE001 - fail closed on anything a check raises
+                msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                findings = [failed_closed(check.name, msg) for _ in batch]
+            for slot, finding in zip(per_image, findings):
+                slot.append(finding)
     return per_image

@@ -217,6 +217,8 @@ class QuerySketch:
                    grid: AlignmentGrid | None = None) -> list[tuple[float, dict[str, float]]]:
         """:meth:`score` for each ``(sketch index, orientation, angle)`` of ``pairs`` against ``sketches``
         ``(m, S, S)``, batched."""
+        if not pairs:
+            return []
         g = grid or self.grid
         offsets = [(da, s) for da in g.angles for s in g.scales]
         keys = [(o, a + da, s) for _, o, a in pairs for da, s in offsets]

@@ -25,7 +25,7 @@ from ..data.images import load_image
 from ..embed.base import Embedder
 from ..errors import IndexBuildError, InputError
 from ..fsutil import atomic_write_json
-from ..parallel import auto_workers, ordered_map
+from ..parallel import auto_workers, ordered_map, single_thread_blas
 from ..progress import NULL_PROGRESS, Progress
 from ..safeload import read_json
 from .store import GuardIndex, dataset_fingerprint, hash_records, load_index
@@ -112,8 +112,9 @@ and loads the index in ~5 s; a holdout image costs ~60 ms at 256 px)."""
 def _score_files(index: GuardIndex, paths: Sequence[Path], k: int) -> list[tuple[float, float, float]]:
     """(embedding similarity, pixel correlation, vessel score) of holdout image files against the index."""
     images = [load_image(p) for p in paths]
-    ves = vessel_scores(index, images)
-    return [(s.embedding_sim, s.pixel_ncc, v[0]) for s, v in zip(score_images(index, images, k=k), ves)]
+    with single_thread_blas():
+        ves = vessel_scores(index, images)
+        return [(s.embedding_sim, s.pixel_ncc, v[0]) for s, v in zip(score_images(index, images, k=k), ves)]
 
 
 _SCORER: dict = {}
