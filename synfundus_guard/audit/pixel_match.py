@@ -185,11 +185,14 @@ def shift_window(products: np.ndarray, m: int) -> np.ndarray:
 class QuerySketch:
     """A candidate image prepared for alignment against many training sketches (views built lazily)."""
 
-    def __init__(self, img: np.ndarray, grid: AlignmentGrid | None = None, *, kind: str = "band"):
+    def __init__(self, img: np.ndarray, grid: AlignmentGrid | None = None, *, kind: str = "band",
+                 disc_grid: AlignmentGrid | None = None):
+        """``grid``: the refinement searched; by default ``disc_grid`` (default :class:`AlignmentGrid`) for an
+        image with a field-of-view disc, :data:`WIDE` for one without."""
         eq, self.is_disc = _equalised(img)
         # filtered once, then warped per view (both filters are close to rotation-invariant)
         self.base = _BASES[kind](eq)
-        self.grid = grid or (AlignmentGrid() if self.is_disc else WIDE)
+        self.grid = grid or ((disc_grid or AlignmentGrid()) if self.is_disc else WIDE)
         self._spectra: dict[tuple[int, float, float], np.ndarray] = {}
 
     def _spectrum_stack(self, keys: list[tuple[int, float, float]]) -> np.ndarray:
