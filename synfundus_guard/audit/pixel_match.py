@@ -171,8 +171,8 @@ def make_sketch(img: np.ndarray, kind: str = "band") -> np.ndarray:
 
 
 BATCH = 16
-"""Views correlated per inverse FFT: one call per view pays numpy's overhead 16 times; 45 views at once (1.7 MB of
-spectra) ran 3x slower per view than 15 on this machine's cache."""
+"""Views correlated per inverse FFT: one call per view pays the per-call overhead 16 times over; 45 views at once
+(1.7 MB of spectra) ran 3x slower per view than 15, out of this machine's cache."""
 
 
 def shift_window(products: np.ndarray, m: int) -> np.ndarray:
