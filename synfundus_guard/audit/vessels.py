@@ -6,8 +6,9 @@ the template is that vesselness map. Candidate training images come from a FAISS
 (:mod:`.vessel_search`), so the costly alignment does not grow with the training set, each with the orientation
 and rotation that matched it. Each candidate is then verified geometrically: a translation-only correlation at its
 matched views and at the same eye's rotations ranks them, and the ``refine`` best candidate-views are aligned over
-rotations, scales (+-12 %) and translations (FFT correlation); the best normalised correlation is the match
-score. The threshold is the policy's quantile of holdout (different-patient) match scores.
+rotations, scales (+-12 % inside a field-of-view disc, wider without one) and translations (FFT correlation); the
+best normalised correlation is the match score. The threshold is the policy's quantile of holdout
+(different-patient) match scores.
 """
 
 from __future__ import annotations
