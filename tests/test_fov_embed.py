@@ -165,7 +165,7 @@ def test_fov_morphology_on_opencv_equals_scipy_which_defined_it() -> None:
 def test_batched_alignment_equals_one_full_correlation_per_view(retina) -> None:
     """score_many (views batched, SciPy FFTs, only the searched shifts read) against the definition: each view
     warped and tapered alone, numpy's full inverse FFT of its cross-power, the best value within max_shift."""
-    from synfundus_guard.audit.pixel_match import COARSE, SKETCH_SIDE, _tapered_spectra
+    from synfundus_guard.audit.pixel_match import COARSE, SKETCH_SIDE, _tapered_spectra, sketch_spectra
     from synfundus_guard.data.fov import orient, rotate_scale
 
     rng = np.random.default_rng(4)
@@ -174,7 +174,7 @@ def test_batched_alignment_equals_one_full_correlation_per_view(retina) -> None:
     q = QuerySketch(random_copy(retina, rng, family="geometric")[0])
     pairs = [(0, 0, 0.0), (1, 4, -4.0), (2, 0, 8.0), (0, 0, 4.0)]
     for grid in (COARSE, q.grid):
-        got = q.score_many(sketches, pairs, grid=grid)
+        got = q.score_many(sketch_spectra(sketches), pairs, grid=grid)
         m = grid.max_shift
         for (j, o, a), (score, t) in zip(pairs, got):
             best = (-np.inf, None)

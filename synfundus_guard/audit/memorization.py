@@ -21,7 +21,7 @@ import numpy as np
 
 from ..index.store import GuardIndex
 from .base import Candidate, Check, Finding
-from .pixel_match import ALIGN_VERSION, COARSE, SKETCH_VERSION, QuerySketch
+from .pixel_match import ALIGN_VERSION, COARSE, SKETCH_VERSION, QuerySketch, sketch_spectra
 
 EMB_KEY = "memorization.embedding_sim"
 PIX_KEY = "memorization.pixel_ncc"
@@ -104,12 +104,12 @@ def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, 
             pairs += [(slots[j], orientation, a) for a in (COARSE_ANGLES if angle is None else (angle,))]
     if not pairs:
         return -1.0, -1, {}
-    sketches = np.stack([np.asarray(templates[j]) for j in order])
-    coarse = sorted(zip(query.score_many(sketches, pairs, grid=COARSE), pairs), key=lambda c: -c[0][0])
+    spectra = sketch_spectra(np.stack([np.asarray(templates[j]) for j in order]))
+    coarse = sorted(zip(query.score_many(spectra, pairs, grid=COARSE), pairs), key=lambda c: -c[0][0])
     (best_score, best_t), (slot, _, _) = coarse[0]
     best_j = order[slot]
     top = [pair for _, pair in coarse[:refine]]
-    for (score, t), (slot, _, _) in zip(query.score_many(sketches, top), top):
+    for (score, t), (slot, _, _) in zip(query.score_many(spectra, top), top):
         if score > best_score:
             best_score, best_j, best_t = score, order[slot], t
     return best_score, best_j, best_t

@@ -175,6 +175,11 @@ BATCH = 16
 (1.7 MB of spectra) ran 3x slower per view than 15, out of this machine's cache."""
 
 
+def sketch_spectra(sketches: np.ndarray) -> np.ndarray:
+    """Conjugated half-spectra of training sketches ``(m, S, S)``, as :meth:`QuerySketch.score_many` takes them."""
+    return np.conj(sfft.rfft2(np.asarray(sketches, dtype=np.float32)))
+
+
 def shift_window(products: np.ndarray, m: int) -> np.ndarray:
     """Circular cross-correlations ``(n, 2m+1, 2m+1)`` at shifts ``-m..m`` (rows dy, columns dx) from the
     products of half-spectra ``(n, S, S//2+1)``."""
@@ -214,19 +219,18 @@ class QuerySketch:
     def score(self, sketch: np.ndarray, *, orientation: int = 0, angle: float = 0.0,
               grid: AlignmentGrid | None = None) -> tuple[float, dict[str, float]]:
         """Best NCC against a training ``sketch`` around the view (``orientation``, ``angle``) and the transform."""
-        return self.score_many(np.asarray(sketch)[None], [(0, orientation, angle)], grid=grid)[0]
+        return self.score_many(sketch_spectra(np.asarray(sketch)[None]), [(0, orientation, angle)], grid=grid)[0]
 
-    def score_many(self, sketches: np.ndarray, pairs: Sequence[tuple[int, int, float]], *,
+    def score_many(self, tspec: np.ndarray, pairs: Sequence[tuple[int, int, float]], *,
                    grid: AlignmentGrid | None = None) -> list[tuple[float, dict[str, float]]]:
-        """:meth:`score` for each ``(sketch index, orientation, angle)`` of ``pairs`` against ``sketches``
-        ``(m, S, S)``, batched."""
+        """:meth:`score` for each ``(sketch index, orientation, angle)`` of ``pairs`` against training sketches
+        given by their :func:`sketch_spectra` ``tspec`` (computed once, however many passes score them), batched."""
         if not pairs:
             return []
         g = grid or self.grid
         offsets = [(da, s) for da in g.angles for s in g.scales]
         keys = [(o, a + da, s) for _, o, a in pairs for da, s in offsets]
         which = np.repeat(np.fromiter((j for j, _, _ in pairs), dtype=np.intp, count=len(pairs)), len(offsets))
-        tspec = np.conj(sfft.rfft2(np.asarray(sketches, dtype=np.float32)))
         m = g.max_shift
         window = np.concatenate([
             shift_window(self._spectrum_stack(keys[i : i + BATCH]) * tspec[which[i : i + BATCH]], m)
