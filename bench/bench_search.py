@@ -2,17 +2,21 @@
 index kinds over embeddings of fundus-like images, at 100 k and 1 M indexed vectors.
 
     .venv/bin/python bench/bench_search.py [--real 1500] [--sizes 100000,1000000] [--queries 2000] [--hnsw-max N]
+                                           [--embeddings FILE.npz] [--source phantom|alt]
 
-Data: ``--real`` phantom images (seed 51, 128 px, visits 0 and 1 of ``--real``/2 patients) are embedded by the
-default embedder, its PCA fitted on them as an index build fits it. A Gaussian mixture (64 components, diagonal
-covariance) fitted to those embeddings is sampled to each size and L2-normalised as the embedder's output is: the
-vectors keep the embeddings' clusters and spectrum, which decide how approximate search fares (random vectors
-would not). Queries are fresh mixture samples plus embeddings of phantom images of other patients (seed 52),
-which the mixture never saw. The baseline is exact inner-product search (``IndexFlatIP``, what the index uses
-today) in the same run; recall@10 is the share of its 10 neighbours an index returns. FAISS uses every core.
-IVF indexes are built as the library builds them (4 sqrt(n) lists, trained on 32 vectors per list); HNSW is
-built only up to ``--hnsw-max``.
-Rendering the phantom images dominates the run (about 11 minutes for 1500 on 2 cores); the whole run ~20 min.
+Data: ``--real`` phantom images (seed 51, 128 px, visits 0 and 1 of ``--real``/2 patients; ``--source alt``:
+images of the second fundus renderer, ``bench/alt_fundus.py``, which played no part in choosing the ``ivfpq``
+settings) are embedded by the default embedder, its PCA fitted on them as an index build fits it. A Gaussian
+mixture (64 components, diagonal covariance) fitted to those embeddings is sampled to each size and L2-normalised
+as the embedder's output is: the vectors keep the embeddings' clusters and spectrum, which decide how approximate
+search fares (random vectors would not). Queries are fresh mixture samples plus embeddings of images of other
+patients (seed 52), which the mixture never saw. The baseline is exact inner-product search (``IndexFlatIP``) in
+the same run; recall@10 is the share of its 10 neighbours an index returns. FAISS uses every core.
+IVF, IVF-PQ and HNSW indexes are built by the library's ``make_faiss`` (``ivf``: 4 sqrt(n) lists, ``ivfpq``:
+sqrt(n) lists of 4-bit fast-scan codes re-ranked exactly; each trained as the library trains it); HNSW only up to
+``--hnsw-max``. Each table names the kind ``build_index`` picks by itself at its size (``auto``).
+Rendering the images dominates the run (about 13 minutes for 1500 phantoms on 2 cores); ``--embeddings FILE.npz``
+keeps them (written when absent, reused when present).
 """
 
 from __future__ import annotations
@@ -28,22 +32,29 @@ from sklearn.mixture import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import alt_fundus  # noqa: E402
 from bench.common import recall_at_k, table  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.embed.base import l2_normalize  # noqa: E402
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec  # noqa: E402
-from synfundus_guard.index.store import ivf_lists, ivf_training_rows, make_faiss  # noqa: E402
+from synfundus_guard.index.store import (ivf_lists, ivf_nprobe, ivf_training_rows, make_faiss,  # noqa: E402
+                                         resolve_kind)
 
 K = 10
 
 
-def real_embeddings(n: int, n_other: int) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of ``n`` phantom images (PCA fitted on them) and of ``n_other`` images of other patients."""
+def real_embeddings(n: int, n_other: int, source: str = "phantom") -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of ``n`` images of ``source`` (the project's phantom, or ``alt``: the second, independent fundus
+    renderer of ``bench/alt_fundus.py``; PCA fitted on them) and of ``n_other`` images of other patients."""
     emb = embedder_from_spec(DEFAULT_SPEC)
 
+    def render(seed: int, p: int, v: int) -> np.ndarray:
+        if source == "alt":
+            return alt_fundus.render(seed, p, v, size=128)
+        return render_visit(PhantomPatient.from_seed(seed, p), visit=v, size=128, seed=seed)[0]
+
     def images(seed: int, count: int) -> list[np.ndarray]:
-        return [render_visit(PhantomPatient.from_seed(seed, p), visit=v, size=128, seed=seed)[0]
-                for p in range((count + 1) // 2) for v in range(2)][:count]
+        return [render(seed, p, v) for p in range((count + 1) // 2) for v in range(2)][:count]
 
     feats = np.concatenate([emb.features(images(51, n)[i : i + 64]) for i in range(0, n, 64)])
     emb.fit(feats)
@@ -67,10 +78,22 @@ def main() -> None:
     ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--hnsw-max", type=int, default=100_000, help="build HNSW only up to this size (slow to build)")
+    ap.add_argument("--source", choices=("phantom", "alt"), default="phantom", help="fundus renderer embedded")
+    ap.add_argument("--embeddings", type=Path, help="npz of the embeddings: reused if present, else written")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    base, other = real_embeddings(args.real, min(args.queries // 4, 500))
-    print(f"{len(base)} phantom embeddings (dim {base.shape[1]}) in {time.perf_counter() - t0:.0f} s; "
+    n_other = min(args.queries // 4, 500)
+    if args.embeddings and args.embeddings.is_file():
+        with np.load(args.embeddings) as z:
+            base, other, source = z["base"], z["other"], str(z["source"])
+        if len(base) != args.real or len(other) != n_other or source != args.source:
+            sys.exit(f"{args.embeddings} holds {len(base)}/{len(other)} {source} embeddings, not --real {args.real} "
+                     f"/ {n_other} {args.source}: give another file")
+    else:
+        base, other = real_embeddings(args.real, n_other, args.source)
+        if args.embeddings:
+            np.savez(args.embeddings, base=base, other=other, source=args.source)
+    print(f"{len(base)} {args.source} embeddings (dim {base.shape[1]}) in {time.perf_counter() - t0:.0f} s; "
           f"{faiss.omp_get_max_threads()} FAISS threads", flush=True)
     gmm = GaussianMixture(64, covariance_type="diag", reg_covar=1e-4, random_state=0).fit(base)
     for n in args.sizes:
@@ -81,7 +104,7 @@ def main() -> None:
         flat.add(x)
         build = time.perf_counter() - t
         exact, qps = timed_search(flat, q)
-        rows = [[f"{n:,}", "flat (exact, today)", "-", f"{build:.1f}", f"{index_bytes(flat) / 2**20:.0f}",
+        rows = [[f"{n:,}", "flat (exact)", "-", f"{build:.1f}", f"{index_bytes(flat) / 2**20:.0f}",
                  f"{qps:,.0f}", "1.000", "1.00x"]]
         base_qps = qps
         del flat
@@ -98,9 +121,23 @@ def main() -> None:
                          f"{index_bytes(ivf) / 2**20:.0f}", f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}",
                          f"{qps / base_qps:.1f}x"])
         del ivf
+        ivfpq = make_faiss(x.shape[1], "ivfpq", n)  # as the library builds it: re-ranks 16 k candidates exactly
+        t = time.perf_counter()
+        ivfpq.train(x[ivf_training_rows(n, np.random.default_rng(0), "ivfpq")])
+        ivfpq.add(x)
+        build = time.perf_counter() - t
+        lists = ivf_lists(n, "ivfpq")
+        for nprobe in sorted({lists // 10, ivf_nprobe("ivfpq", lists), lists // 4}):
+            faiss.extract_index_ivf(ivfpq).nprobe = nprobe
+            ids, qps = timed_search(ivfpq, q)
+            mark = " (library)" if nprobe == ivf_nprobe("ivfpq", lists) else ""
+            rows.append([f"{n:,}", f"IVF{lists},PQ{x.shape[1]}x4fs,RFlat", f"nprobe {nprobe}{mark}",
+                         f"{build:.1f}", f"{index_bytes(ivfpq) / 2**20:.0f}", f"{qps:,.0f}",
+                         f"{recall_at_k(ids, exact):.4f}", f"{qps / base_qps:.1f}x"])
+        del ivfpq
         if n <= args.hnsw_max:
-            t = time.perf_counter()
             hnsw = make_faiss(x.shape[1], "hnsw", n)  # M 32, efConstruction 80
+            t = time.perf_counter()
             hnsw.add(x)
             build = time.perf_counter() - t
             for ef in (64, 128, 256):
@@ -110,7 +147,8 @@ def main() -> None:
                              f"{index_bytes(hnsw) / 2**20:.0f}", f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}",
                              f"{qps / base_qps:.1f}x"])
             del hnsw
-        table(f"Search over {n:,} fundus-like vectors (dim {x.shape[1]}), {len(q)} queries, k = {K}",
+        table(f"Search over {n:,} fundus-like vectors (dim {x.shape[1]}), {len(q)} queries, k = {K}; "
+              f"build_index picks {resolve_kind('auto', n)} at this size",
               ["indexed", "index", "setting", "build s", "MiB", "queries/s", f"recall@{K}", "vs exact"],
               rows)
 

@@ -1,4 +1,4 @@
-"""FAISS index kinds: exact by default; an IVF index, built on request, finds what exact search finds."""
+"""FAISS index kinds: exact up to EXACT_MAX images, IVF-PQ above; approximate indexes find what exact search finds."""
 
 from __future__ import annotations
 
@@ -13,14 +13,30 @@ from synfundus_guard.data.phantom import PhantomPatient, render_visit
 from synfundus_guard.embed.cache import ArrayCache
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec
 from synfundus_guard.errors import InputError
-from synfundus_guard.index.store import IVF_NPROBE, build_index, index_kind, ivf_lists
+from synfundus_guard.index.store import (EXACT_MAX, IVF_NPROBE, IVFPQ_K_FACTOR, IVFPQ_MIN, build_index, index_kind,
+                                         ivf_lists, ivf_nprobe, make_faiss, resolve_kind)
 
 
 def test_index_kinds_and_ivf_lists():
-    assert [index_kind(k) for k in ("flat", "ivf", "hnsw")] == ["flat", "ivf", "hnsw"]
+    kinds = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+    assert [index_kind(k) for k in kinds] == list(kinds)
     assert ivf_lists(1_000_000) == 4000 and ivf_lists(10) == 10 and ivf_lists(1) == 1
+    assert ivf_lists(1_000_000, "ivfpq") == 1000 and ivf_nprobe("ivfpq", 1000) == 160
+    assert ivf_nprobe("ivf", 4000) == IVF_NPROBE and ivf_nprobe("ivf", 10) == 10
     with pytest.raises(InputError, match="unknown index kind 'lsh'"):
         index_kind("lsh")
+
+
+def test_auto_searches_exactly_up_to_exact_max_and_with_ivfpq_above():
+    assert resolve_kind("auto", EXACT_MAX) == "flat" and resolve_kind("auto", EXACT_MAX + 1) == "ivfpq"
+    assert resolve_kind("flat", 10 * EXACT_MAX) == "flat"  # an explicit kind is kept
+    big = make_faiss(128, "auto", 1_000_000)
+    assert isinstance(big, faiss.IndexRefineFlat) and big.k_factor == IVFPQ_K_FACTOR
+    ivf = faiss.extract_index_ivf(big)
+    assert ivf.nlist == 1000 and ivf.nprobe == 160
+    assert isinstance(make_faiss(128, "auto", EXACT_MAX), faiss.IndexFlatIP)
+    with pytest.raises(InputError, match=f"at least {IVFPQ_MIN} training images"):
+        resolve_kind("ivfpq", IVFPQ_MIN - 1)
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +48,27 @@ def train(tmp_path_factory):
     return root
 
 
-def test_ivf_index_finds_the_exact_neighbours_and_keeps_nprobe_after_loading(train, tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_ivf_index_finds_the_exact_neighbours_and_keeps_its_search_settings_after_loading(train, tmp_path, kind):
     cache = ArrayCache(tmp_path / "features.sqlite")
     try:
-        built = {kind: build_index(train_dir=train / "train", out_dir=tmp_path / kind, cache=cache, kind=kind,
-                                   embedder=embedder_from_spec(DEFAULT_SPEC)) for kind in ("flat", "ivf")}
+        built = {k: build_index(train_dir=train / "train", out_dir=tmp_path / k, cache=cache, kind=k,
+                                embedder=embedder_from_spec(DEFAULT_SPEC)) for k in ("auto", kind)}
     finally:
         cache.close()
-    assert json.loads((tmp_path / "ivf" / "meta.json").read_text())["kind"] == "ivf"
-    ivf = faiss.extract_index_ivf(built["ivf"].faiss_index)
-    assert ivf.nlist == ivf_lists(80) and ivf.nprobe == IVF_NPROBE
-    queries = np.asarray(built["flat"].faiss_index.reconstruct_n(0, 80))
-    exact, approx = (built[k].search(queries, 5)[1] for k in ("flat", "ivf"))
+    assert json.loads((tmp_path / "auto" / "meta.json").read_text())["kind"] == "flat"  # 80 images: exact
+    assert json.loads((tmp_path / kind / "meta.json").read_text())["kind"] == kind
+    ivf = faiss.extract_index_ivf(built[kind].faiss_index)  # as loaded from its folder
+    assert ivf.nlist == ivf_lists(80, kind) and ivf.nprobe == ivf_nprobe(kind, ivf.nlist)
+    if kind == "ivfpq":
+        assert built[kind].faiss_index.k_factor == IVFPQ_K_FACTOR
+    queries = np.asarray(built["auto"].faiss_index.reconstruct_n(0, 80))
+    (exact_sims, exact), (approx_sims, approx) = (built[k].search(queries, 5) for k in ("auto", kind))
     assert (approx[:, 0] == np.arange(80)).all()  # every training image finds itself
     overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, approx)])
     assert overlap >= 0.9, overlap
+    both = exact == approx  # where the same neighbour is returned, ivfpq's re-ranking gives its exact similarity
+    np.testing.assert_allclose(approx_sims[both], exact_sims[both], atol=1e-5)
 
 
 def test_index_built_in_worker_processes_equals_one_built_here(train, tmp_path):

@@ -2,8 +2,8 @@
 
 An index folder is *private* (it names training files) and holds:
 
-* ``index.faiss`` — FAISS inner-product index of the projected embeddings (exact ``flat`` by default; ``ivf``
-  and ``hnsw`` are approximate, see :data:`INDEX_KINDS`);
+* ``index.faiss`` — FAISS inner-product index of the projected embeddings (exact ``flat`` up to
+  :data:`EXACT_MAX` images, approximate ``ivfpq`` above; see :data:`INDEX_KINDS`);
 * ``sketches.npy`` — stage-2 pixel sketches, float16, memory-mapped at search time;
 * ``vessels.npy`` — vessel templates for the biometric check, float16, memory-mapped;
 * ``embedder.npz`` — the fitted projection of the embedder;
@@ -236,13 +236,28 @@ class GuardIndex:
         return self.embedder.project(self.embedder.features(images, views=views))
 
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
-"""``flat`` (exact, the default), ``ivf`` and ``hnsw`` (approximate). ``bench/bench_search.py`` measures them on
-fundus-like vectors: at 1 M, exact search answers 529 queries/s in 488 MiB on 2 cores, and neither approximate
-kind reached recall@10 0.99 against it (IVF, 4000 lists: 0.96 at 128 lists visited, 1 472 queries/s), so
-nothing switches to them by itself: a guard that misses a training image's neighbour misses a leak."""
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+"""``auto`` (the default: ``flat`` up to :data:`EXACT_MAX` images, ``ivfpq`` above), ``flat`` (exact), and the
+approximate ``ivf``, ``hnsw`` and ``ivfpq``. ``bench/bench_search.py`` measures them on fundus-like vectors
+(embeddings of phantoms and a mixture fitted to them, whose variance the embedder's partial whitening spreads over
+all 128 dimensions). On 2 cores at 1 M vectors: exact search 336-529 queries/s in 488 MiB; ``ivf`` (4000 lists,
+128 visited) recall@10 0.96 at 1 250-1 470 q/s; ``hnsw`` (M 32, efSearch 1024) 0.977 at 544 q/s; ``ivfpq`` (1000
+lists, 16 % visited, 4-bit fast-scan codes, the best 160 re-ranked exactly) 0.992 at 3 363 q/s (10x exact in the
+same run) in 558 MiB."""
+EXACT_MAX = 250_000
+"""Largest training set ``auto`` searches exactly: exact search costs linearly in the set (4 200-5 100 queries/s
+at 100 k vectors, ~1 300-2 100 at 250 k on 2 cores); above it ``ivfpq`` answers several times faster."""
 IVF_NPROBE = 128
 """Inverted lists visited per query of an ``ivf`` index (recall@10 0.986 at 100 k and 0.960 at 1 M vectors)."""
+IVFPQ_PROBE_FRACTION = 0.16
+"""Share of an ``ivfpq`` index's lists visited per query. Fewer, longer lists scan faster per code than many short
+ones at the same recall (1 M vectors, recall@10 ~0.99: 1000 lists at 16 % ~3 000 q/s, 4000 lists at 12.8 % 2 200,
+16 384 lists at 12.5 % 400), so ``ivfpq`` has sqrt(n) lists where ``ivf`` has 4 sqrt(n)."""
+IVFPQ_K_FACTOR = 16
+"""An ``ivfpq`` search re-ranks its ``16 k`` best candidates by exact inner product (``IndexRefineFlat``)."""
+IVFPQ_MIN = 64
+"""Smallest set an ``ivfpq`` index is built for (its 4-bit codebooks need 16 training vectors; exact search is
+faster at such sizes anyway)."""
 
 
 def index_kind(kind: str) -> str:
@@ -252,33 +267,66 @@ def index_kind(kind: str) -> str:
     return kind
 
 
-IVF_TRAIN_PER_LIST = 32
-"""Vectors per inverted list that the coarse quantizer is trained on (as ``bench/bench_search.py`` trains it)."""
+def resolve_kind(kind: str, n: int) -> str:
+    """The index kind built for ``n`` training images: ``auto`` resolved by size (:data:`EXACT_MAX`)."""
+    kind = index_kind(kind)
+    if kind == "auto":
+        return "flat" if n <= EXACT_MAX else "ivfpq"
+    if kind == "ivfpq" and n < IVFPQ_MIN:
+        raise InputError(f"an ivfpq index needs at least {IVFPQ_MIN} training images (this set has {n}); "
+                         "use flat (exact) search")
+    return kind
 
 
-def ivf_lists(n: int) -> int:
-    """Inverted lists of an IVF index over ``n`` vectors: 4 sqrt(n), FAISS's usual rule, and never more than ``n``."""
-    return max(1, min(n, int(round(4 * np.sqrt(n)))))
+IVF_TRAIN_PER_LIST = {"ivf": 32, "ivfpq": 64}
+"""Vectors per inverted list that the coarse quantizer (and ivfpq's codebooks) are trained on (k-means wants >= 39
+per centroid; ivfpq was measured with 64)."""
 
 
-def ivf_training_rows(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted rows of an ``n``-vector set that an ``ivf`` index's coarse quantizer is trained on."""
-    return np.sort(rng.choice(n, min(n, IVF_TRAIN_PER_LIST * ivf_lists(n)), replace=False))
+def ivf_lists(n: int, kind: str = "ivf") -> int:
+    """Inverted lists of an IVF index over ``n`` vectors, never more than ``n``: 4 sqrt(n) (FAISS's usual rule) for
+    ``ivf``, sqrt(n) for ``ivfpq`` (see :data:`IVFPQ_PROBE_FRACTION`)."""
+    return max(1, min(n, int(round((4 if kind == "ivf" else 1) * np.sqrt(n)))))
+
+
+def ivf_nprobe(kind: str, lists: int) -> int:
+    """Lists an ``ivf`` or ``ivfpq`` index of ``lists`` lists visits per query (``ivfpq``: at least 8, which costs
+    nothing on a small set)."""
+    if kind == "ivf":
+        return min(lists, IVF_NPROBE)
+    return min(lists, max(8, int(np.ceil(IVFPQ_PROBE_FRACTION * lists))))
+
+
+def ivf_training_rows(n: int, rng: np.random.Generator, kind: str = "ivf") -> np.ndarray:
+    """Sorted rows of an ``n``-vector set that an ``ivf``/``ivfpq`` index is trained on."""
+    return np.sort(rng.choice(n, min(n, IVF_TRAIN_PER_LIST[kind] * ivf_lists(n, kind)), replace=False))
+
+
+def set_search_params(index: faiss.Index, kind: str) -> faiss.Index:
+    """Give a built or loaded index of ``kind`` its search-time settings (FAISS does not store them all)."""
+    if kind in ("ivf", "ivfpq"):
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = ivf_nprobe(kind, ivf.nlist)
+    if kind == "ivfpq":
+        index.k_factor = IVFPQ_K_FACTOR  # FAISS's Python objects are of the most derived class
+    if kind == "hnsw":
+        index.hnsw.efSearch = 128
+    return index
 
 
 def make_faiss(dim: int, kind: str, n: int) -> faiss.Index:
-    """An empty FAISS inner-product index of ``kind`` for ``n`` vectors of ``dim``; an ``ivf`` one still needs
-    training (on :func:`ivf_training_rows`)."""
+    """An empty FAISS inner-product index of ``kind`` (resolved by :func:`resolve_kind`) for ``n`` vectors of
+    ``dim``; an ``ivf`` or ``ivfpq`` one still needs training (on :func:`ivf_training_rows`)."""
+    kind = resolve_kind(kind, n)
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
-    if kind == "ivf":
-        idx = faiss.index_factory(dim, f"IVF{ivf_lists(n)},Flat", faiss.METRIC_INNER_PRODUCT)
-        idx.nprobe = IVF_NPROBE
-        return idx
+    if kind in ("ivf", "ivfpq"):
+        codes = "Flat" if kind == "ivf" else f"PQ{dim}x4fs,RFlat"  # ivfpq: one 4-bit code per dimension
+        idx = faiss.index_factory(dim, f"IVF{ivf_lists(n, kind)},{codes}", faiss.METRIC_INNER_PRODUCT)
+        return set_search_params(idx, kind)
     idx = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
     idx.hnsw.efConstruction = 80
-    idx.hnsw.efSearch = 128
-    return idx
+    return set_search_params(idx, kind)
 
 
 def build_index(
@@ -289,7 +337,7 @@ def build_index(
     shas: Sequence[str] | None = None,
     embedder: Embedder,
     cache: ArrayCache,
-    kind: str = "flat",
+    kind: str = "auto",
     batch_size: int = 32,
     seed: int = 0,
     workers: int = 1,
@@ -309,7 +357,7 @@ def build_index(
         shas = hash_records(records, progress, "training set")
     if len(set(shas)) < len(shas):
         progress.log("note: the training set holds byte-identical duplicate images")
-    kind = index_kind(kind)
+    kind = resolve_kind(kind, len(records))
     out_dir = Path(out_dir)
     _refuse_foreign(out_dir, "index folder")
     tmp = _fresh_build_dir(out_dir)
@@ -364,7 +412,7 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
         if index is None:
             index = make_faiss(emb.shape[1], kind, n)
             if not index.is_trained:  # IVF: its coarse quantizer is fitted on a sample of the set
-                sample = ivf_training_rows(n, rng)
+                sample = ivf_training_rows(n, rng, kind)
                 index.train(np.concatenate([embedder.project(np.asarray(feats[sample[j : j + 8192]]))
                                             for j in range(0, len(sample), 8192)]))
         index.add(emb)
@@ -429,8 +477,7 @@ def load_index(path: Path, embedder: Embedder) -> GuardIndex:
         with np.load(path / "embedder.npz", allow_pickle=False) as z:
             embedder.load_state({k: z[k] for k in z.files})
         index = faiss.read_index(str(path / "index.faiss"))
-        if meta.get("kind") == "ivf":
-            faiss.extract_index_ivf(index).nprobe = IVF_NPROBE
+        set_search_params(index, str(meta.get("kind")))
         sketches = np.load(path / "sketches.npy", mmap_mode="r", allow_pickle=False)
         vessels = np.load(path / "vessels.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
