@@ -1,8 +1,8 @@
 """Search that scales (issue 10, part 2): recall@10 against exact search, queries/s, build time and memory of FAISS
-index kinds over embeddings of fundus-like images, at 100 k and 1 M indexed vectors.
+index kinds over the embeddings and vessel descriptors of fundus-like images, at 100 k and 1 M indexed vectors.
 
     .venv/bin/python bench/bench_search.py [--real 1500] [--sizes 100000,1000000] [--queries 2000] [--hnsw-max N]
-                                           [--embeddings FILE.npz] [--source phantom|alt]
+                                           [--cache FILE.npz] [--source phantom|alt] [--vectors embeddings,vessels]
 
 Data: ``--real`` phantom images (seed 51, 128 px, visits 0 and 1 of ``--real``/2 patients; ``--source alt``:
 images of the second fundus renderer, ``bench/alt_fundus.py``, which played no part in choosing the ``ivfpq``
@@ -14,9 +14,9 @@ patients (seed 52), which the mixture never saw. The baseline is exact inner-pro
 the same run; recall@10 is the share of its 10 neighbours an index returns. FAISS uses every core.
 IVF, IVF-PQ and HNSW indexes are built by the library's ``make_faiss`` (``ivf``: 4 sqrt(n) lists, ``ivfpq``:
 sqrt(n) lists of 4-bit fast-scan codes re-ranked exactly; each trained as the library trains it); HNSW only up to
-``--hnsw-max``. Each table names the kind ``build_index`` picks by itself at its size (``auto``).
-Rendering the images dominates the run (about 13 minutes for 1500 phantoms on 2 cores); ``--embeddings FILE.npz``
-keeps them (written when absent, reused when present).
+``--hnsw-max``. Each table names the kind ``auto`` (the vessel search's default) picks at its size.
+Rendering and describing the images takes ~2 minutes; exact and IVF search of 1 M vessel descriptors most of the
+~30-minute run. ``--cache FILE.npz`` keeps the vectors (written when absent, reused when present).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import alt_fundus  # noqa: E402
 from bench.common import recall_at_k, table  # noqa: E402
+from synfundus_guard.audit.pixel_match import make_sketch  # noqa: E402
+from synfundus_guard.audit.vessel_search import descriptors  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.embed.base import l2_normalize  # noqa: E402
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec  # noqa: E402
@@ -43,9 +45,15 @@ from synfundus_guard.index.store import (ivf_lists, ivf_nprobe, ivf_training_row
 K = 10
 
 
-def real_embeddings(n: int, n_other: int, source: str = "phantom") -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of ``n`` images of ``source`` (the project's phantom, or ``alt``: the second, independent fundus
-    renderer of ``bench/alt_fundus.py``; PCA fitted on them) and of ``n_other`` images of other patients."""
+VECTORS = ("embeddings", "vessels")
+"""What is searched: the memorization embeddings (``GuardIndex.search``) and the vessel check's coarse descriptors
+(``VesselSearch``)."""
+
+
+def real_vectors(n: int, n_other: int, source: str = "phantom") -> dict[str, np.ndarray]:
+    """Embeddings (PCA fitted on them) and vessel descriptors of ``n`` images of ``source`` (the project's phantom,
+    or ``alt``: the second, independent fundus renderer of ``bench/alt_fundus.py``) and of ``n_other`` images of
+    other patients: keys ``embeddings``, ``embeddings_other``, ``vessels``, ``vessels_other``."""
     emb = embedder_from_spec(DEFAULT_SPEC)
 
     def render(seed: int, p: int, v: int) -> np.ndarray:
@@ -56,10 +64,15 @@ def real_embeddings(n: int, n_other: int, source: str = "phantom") -> tuple[np.n
     def images(seed: int, count: int) -> list[np.ndarray]:
         return [render(seed, p, v) for p in range((count + 1) // 2) for v in range(2)][:count]
 
-    feats = np.concatenate([emb.features(images(51, n)[i : i + 64]) for i in range(0, n, 64)])
+    def vessels(imgs: list[np.ndarray]) -> np.ndarray:
+        return descriptors(np.stack([make_sketch(im, "vessel") for im in imgs]))
+
+    base = images(51, n)  # 128 px: ~100 MB for 1500
+    feats = np.concatenate([emb.features(base[i : i + 64]) for i in range(0, n, 64)])
     emb.fit(feats)
-    other = emb.features(images(52, n_other))
-    return emb.project(feats), emb.project(other)
+    other = images(52, n_other)
+    return {"embeddings": emb.project(feats), "embeddings_other": emb.project(emb.features(other)),
+            "vessels": vessels(base), "vessels_other": vessels(other)}
 
 
 def index_bytes(index: faiss.Index) -> int:
@@ -79,25 +92,36 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--hnsw-max", type=int, default=100_000, help="build HNSW only up to this size (slow to build)")
     ap.add_argument("--source", choices=("phantom", "alt"), default="phantom", help="fundus renderer embedded")
-    ap.add_argument("--embeddings", type=Path, help="npz of the embeddings: reused if present, else written")
+    ap.add_argument("--vectors", type=lambda v: v.split(","), default=list(VECTORS),
+                    help=f"comma-separated, of {', '.join(VECTORS)}")
+    ap.add_argument("--cache", type=Path, help="npz of the rendered images' vectors: reused if present, else written")
     args = ap.parse_args()
+    if set(args.vectors) - set(VECTORS):
+        sys.exit(f"--vectors: choose from {', '.join(VECTORS)}")
     t0 = time.perf_counter()
     n_other = min(args.queries // 4, 500)
-    if args.embeddings and args.embeddings.is_file():
-        with np.load(args.embeddings) as z:
-            base, other, source = z["base"], z["other"], str(z["source"])
-        if len(base) != args.real or len(other) != n_other or source != args.source:
-            sys.exit(f"{args.embeddings} holds {len(base)}/{len(other)} {source} embeddings, not --real {args.real} "
-                     f"/ {n_other} {args.source}: give another file")
+    if args.cache and args.cache.is_file():
+        with np.load(args.cache) as z:
+            vecs, source = {k: z[k] for k in z.files if k != "source"}, str(z["source"])
+        if len(vecs["embeddings"]) != args.real or len(vecs["embeddings_other"]) != n_other or source != args.source:
+            sys.exit(f"{args.cache} holds vectors of {len(vecs['embeddings'])}/{len(vecs['embeddings_other'])} "
+                     f"{source} images, not --real {args.real} / {n_other} {args.source}: give another file")
     else:
-        base, other = real_embeddings(args.real, n_other, args.source)
-        if args.embeddings:
-            np.savez(args.embeddings, base=base, other=other, source=args.source)
-    print(f"{len(base)} {args.source} embeddings (dim {base.shape[1]}) in {time.perf_counter() - t0:.0f} s; "
+        vecs = real_vectors(args.real, n_other, args.source)
+        if args.cache:
+            np.savez(args.cache, source=args.source, **vecs)
+    print(f"vectors of {args.real} + {n_other} {args.source} images in {time.perf_counter() - t0:.0f} s; "
           f"{faiss.omp_get_max_threads()} FAISS threads", flush=True)
+    for what in args.vectors:
+        compare_kinds(what, vecs[what], vecs[f"{what}_other"], args)
+
+
+def compare_kinds(what: str, base: np.ndarray, other: np.ndarray, args: argparse.Namespace) -> None:
+    """One table per size: exact search against the approximate kinds on vectors like ``base``."""
     gmm = GaussianMixture(64, covariance_type="diag", reg_covar=1e-4, random_state=0).fit(base)
     for n in args.sizes:
-        x = l2_normalize(gmm.sample(n)[0][np.random.default_rng(n).permutation(n)])
+        x = gmm.sample(n)[0]
+        x = l2_normalize(x[np.random.default_rng(n).permutation(n)]).astype(np.float32)
         q = np.concatenate([l2_normalize(gmm.sample(args.queries - len(other))[0]), other])
         t = time.perf_counter()
         flat = faiss.IndexFlatIP(x.shape[1])
@@ -147,8 +171,8 @@ def main() -> None:
                              f"{index_bytes(hnsw) / 2**20:.0f}", f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}",
                              f"{qps / base_qps:.1f}x"])
             del hnsw
-        table(f"Search over {n:,} fundus-like vectors (dim {x.shape[1]}), {len(q)} queries, k = {K}; "
-              f"build_index picks {resolve_kind('auto', n)} at this size",
+        table(f"Search over {n:,} {args.source} {what} (mixture, dim {x.shape[1]}), {len(q)} queries, k = {K}; "
+              f"kind 'auto' picks {resolve_kind('auto', n)}",
               ["indexed", "index", "setting", "build s", "MiB", "queries/s", f"recall@{K}", "vs exact"],
               rows)
 

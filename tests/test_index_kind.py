@@ -1,4 +1,5 @@
-"""FAISS index kinds: exact up to EXACT_MAX images, IVF-PQ above; approximate indexes find what exact search finds."""
+"""FAISS index kinds: exact by default, ``auto`` exact up to EXACT_MAX images and IVF-PQ above; approximate indexes
+find what exact search finds."""
 
 from __future__ import annotations
 

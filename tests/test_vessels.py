@@ -173,3 +173,23 @@ def test_lesions_change_a_visit_s_vessel_template_less_than_before():
             before = ncc(make_sketch(sick, "vessel"), make_sketch(clean, "vessel"))
         rows.append((before, now))
     assert all(now > before + 0.05 for before, now in rows), rows
+
+
+def test_vessel_search_of_kind_ivfpq_retrieves_what_exact_search_retrieves():
+    """Above EXACT_MAX training images the vessel search is an ivfpq index (its recall at 100 k and 1 M descriptors
+    is measured by bench/bench_search.py); on 80 it visits every list and re-ranks exactly, so its candidates are
+    exact search's, with the same views."""
+    from synfundus_guard.audit.vessel_search import VesselSearch
+
+    def template(p: int, visit: int) -> np.ndarray:
+        img = render_visit(PhantomPatient.from_seed(SEED + 1, p), visit=visit, size=128, seed=SEED + 1)[0]
+        return QuerySketch(img, kind="vessel").template()
+
+    templates = np.stack([template(p, 0) for p in range(80)]).astype(np.float16)  # as the index stores them
+    queries = [template(p, 1) for p in range(12)]
+    exact, approx = (VesselSearch.build(templates, kind=kind) for kind in ("auto", "ivfpq"))
+    assert exact.faiss_index.ntotal == approx.faiss_index.ntotal == 80
+    assert type(approx.faiss_index).__name__ == "IndexRefineFlat"
+    for e, a in zip(exact.retrieve(queries, k=5), approx.retrieve(queries, k=5)):
+        assert e.candidates == a.candidates  # the same training images, each with the same best view
+        assert a.embedding_sim == pytest.approx(e.embedding_sim, abs=1e-5)

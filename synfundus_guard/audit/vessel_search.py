@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..data.fov import ORIENTATIONS, orient, rotate_scale
+from ..index.store import ivf_training_rows, make_faiss, resolve_kind
 from .memorization import Retrieval, group_views
 
 DESC_SIDE = 24
@@ -70,14 +71,21 @@ def query_descriptors(template: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class VesselSearch:
-    """A flat inner-product FAISS index over the training templates' descriptors."""
+    """An inner-product FAISS index over the training templates' descriptors: exact up to ``EXACT_MAX`` training
+    images, ``ivfpq`` above (``kind="auto"``; why: :data:`~..index.store.INDEX_KINDS`)."""
 
     faiss_index: faiss.Index
 
     @classmethod
-    def build(cls, templates: np.ndarray, chunk: int = 2048) -> "VesselSearch":
-        index = faiss.IndexFlatIP(DESC_SIDE * DESC_SIDE)
-        for i in range(0, len(templates), chunk):  # templates may be a memory map: stream them
+    def build(cls, templates: np.ndarray, chunk: int = 2048, kind: str = "auto") -> "VesselSearch":
+        n = len(templates)
+        kind = resolve_kind(kind, n)
+        index = make_faiss(DESC_SIDE * DESC_SIDE, kind, n)
+        if not index.is_trained:  # ivfpq: lists and codebooks fitted on a sample of the descriptors
+            rows = ivf_training_rows(n, np.random.default_rng(0), kind)
+            index.train(np.concatenate([descriptors(templates[rows[i : i + chunk]])
+                                        for i in range(0, len(rows), chunk)]))
+        for i in range(0, n, chunk):  # templates may be a memory map: stream them
             index.add(descriptors(templates[i : i + chunk]))
         return cls(index)
 

@@ -2,8 +2,8 @@
 
 An index folder is *private* (it names training files) and holds:
 
-* ``index.faiss`` — FAISS inner-product index of the projected embeddings (exact ``flat`` up to
-  :data:`EXACT_MAX` images, approximate ``ivfpq`` above; see :data:`INDEX_KINDS`);
+* ``index.faiss`` — FAISS inner-product index of the projected embeddings (exact ``flat`` by default; ``ivf``,
+  ``hnsw`` and ``ivfpq`` are approximate, ``auto`` picks by size; see :data:`INDEX_KINDS`);
 * ``sketches.npy`` — stage-2 pixel sketches, float16, memory-mapped at search time;
 * ``vessels.npy`` — vessel templates for the biometric check, float16, memory-mapped;
 * ``embedder.npz`` — the fitted projection of the embedder;
@@ -237,16 +237,21 @@ class GuardIndex:
 
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
-"""``auto`` (the default: ``flat`` up to :data:`EXACT_MAX` images, ``ivfpq`` above), ``flat`` (exact), and the
-approximate ``ivf``, ``hnsw`` and ``ivfpq``. ``bench/bench_search.py`` measures them on fundus-like vectors
-(embeddings of phantoms and a mixture fitted to them, whose variance the embedder's partial whitening spreads over
-all 128 dimensions). On 2 cores at 1 M vectors: exact search 336-529 queries/s in 488 MiB; ``ivf`` (4000 lists,
-128 visited) recall@10 0.96 at 1 250-1 470 q/s; ``hnsw`` (M 32, efSearch 1024) 0.977 at 544 q/s; ``ivfpq`` (1000
-lists, 16 % visited, 4-bit fast-scan codes, the best 160 re-ranked exactly) 0.992 at 3 363 q/s (10x exact in the
-same run) in 558 MiB."""
+"""``flat`` (exact; the embedding index's default), ``auto`` (``flat`` up to :data:`EXACT_MAX` images, ``ivfpq``
+above; the vessel search's default) and the approximate ``ivf``, ``hnsw`` and ``ivfpq``. ``bench/bench_search.py``
+measures them per image source on vectors drawn from a mixture fitted to real embeddings or vessel descriptors
+(their clusters and spectrum decide how approximate search fares). At 1 M vectors on 2 cores: exact search of
+embeddings 336-529 queries/s in 488 MiB; ``ivf`` (4000 lists, 128 visited) recall@10 0.88-0.96; ``hnsw`` (M 32,
+efSearch 1024) 0.977 at 544 q/s; ``ivfpq`` (1000 lists, 16 % visited, 4-bit fast-scan codes, the best 160
+re-ranked exactly): 0.992 at 3 363 q/s on the phantom's embeddings, on which its settings were chosen, but 0.971
+(5.8x exact) on the second renderer's, which played no part; so the embedding index stays exact by default (a
+guard that misses a training image's neighbour misses a leak). On the vessel descriptors (576 dims, not used in
+choosing the settings) ``ivfpq`` reached 0.9994 at 100 k on the second renderer (4.5x exact), where exact search
+of 576 dims is 5x slower than of the embeddings and the 40 views of every query image make it the costlier
+search: the vessel search uses ``auto``."""
 EXACT_MAX = 250_000
-"""Largest training set ``auto`` searches exactly: exact search costs linearly in the set (4 200-5 100 queries/s
-at 100 k vectors, ~1 300-2 100 at 250 k on 2 cores); above it ``ivfpq`` answers several times faster."""
+"""Largest training set ``auto`` searches exactly: exact search costs linearly in the set (vessel descriptors: 839
+queries/s at 100 k vectors on 2 cores, ~340 at 250 k); above it ``ivfpq`` answers several times faster."""
 IVF_NPROBE = 128
 """Inverted lists visited per query of an ``ivf`` index (recall@10 0.986 at 100 k and 0.960 at 1 M vectors)."""
 IVFPQ_PROBE_FRACTION = 0.16
@@ -337,7 +342,7 @@ def build_index(
     shas: Sequence[str] | None = None,
     embedder: Embedder,
     cache: ArrayCache,
-    kind: str = "auto",
+    kind: str = "flat",
     batch_size: int = 32,
     seed: int = 0,
     workers: int = 1,
