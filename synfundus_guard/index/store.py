@@ -246,9 +246,9 @@ efSearch 1024) 0.977 at 544 q/s; ``ivfpq`` (1000 lists, 16 % visited, 4-bit fast
 re-ranked exactly): 0.992 at 3 363 q/s on the phantom's embeddings, on which its settings were chosen, but 0.971
 (5.8x exact) on the second renderer's, which played no part; so the embedding index stays exact by default (a
 guard that misses a training image's neighbour misses a leak). On the vessel descriptors (576 dims, not used in
-choosing the settings) ``ivfpq`` reached 0.9994 at 100 k on the second renderer (4.5x exact), where exact search
-of 576 dims is 5x slower than of the embeddings and the 40 views of every query image make it the costlier
-search: the vessel search uses ``auto``."""
+choosing the settings) ``ivfpq`` reached 0.9994 at 100 k and 0.9957 at 1 M (6.1x exact, 2.4 GiB) on the second
+renderer and 0.9986 at 100 k on the phantom. Exact search of 576 dims is 5x slower than of the embeddings, and
+the 40 views of every query image make it the costlier search: the vessel search uses ``auto``."""
 EXACT_MAX = 250_000
 """Largest training set ``auto`` searches exactly: exact search costs linearly in the set (vessel descriptors: 839
 queries/s at 100 k vectors on 2 cores, ~340 at 250 k); above it ``ivfpq`` answers several times faster."""
