@@ -39,8 +39,7 @@ from synfundus_guard.audit.vessel_search import descriptors  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.embed.base import l2_normalize  # noqa: E402
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec  # noqa: E402
-from synfundus_guard.index.store import (ivf_lists, ivf_nprobe, ivf_training_rows, make_faiss,  # noqa: E402
-                                         resolve_kind)
+from synfundus_guard.index.store import ivf_lists, ivf_nprobe, resolve_kind, trained_faiss  # noqa: E402
 
 K = 10
 
@@ -132,44 +131,36 @@ def compare_kinds(what: str, base: np.ndarray, other: np.ndarray, args: argparse
                  f"{qps:,.0f}", "1.000", "1.00x"]]
         base_qps = qps
         del flat
-        nlist = ivf_lists(n)
-        t = time.perf_counter()
-        ivf = make_faiss(x.shape[1], "ivf", n)  # as the library builds it
-        ivf.train(x[ivf_training_rows(n, np.random.default_rng(0))])
-        ivf.add(x)
-        build = time.perf_counter() - t
+
+        def built(kind: str) -> tuple[faiss.Index, float]:
+            """An index of ``kind`` as the library builds and trains it, and its build seconds."""
+            t = time.perf_counter()
+            index = trained_faiss(x.shape[1], kind, n, sample=lambda r: x[r], rng=np.random.default_rng(0))
+            index.add(x)
+            return index, time.perf_counter() - t
+
+        def measure(index: faiss.Index, name: str, setting: str, build: float) -> None:
+            ids, qps = timed_search(index, q)
+            rows.append([f"{n:,}", name, setting, f"{build:.1f}", f"{index_bytes(index) / 2**20:.0f}",
+                         f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}", f"{qps / base_qps:.1f}x"])
+
+        ivf, build = built("ivf")
         for nprobe in (16, 32, 64, 128):
             ivf.nprobe = nprobe
-            ids, qps = timed_search(ivf, q)
-            rows.append([f"{n:,}", f"IVF{nlist},Flat", f"nprobe {nprobe}", f"{build:.1f}",
-                         f"{index_bytes(ivf) / 2**20:.0f}", f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}",
-                         f"{qps / base_qps:.1f}x"])
+            measure(ivf, f"IVF{ivf.nlist},Flat", f"nprobe {nprobe}", build)
         del ivf
-        ivfpq = make_faiss(x.shape[1], "ivfpq", n)  # as the library builds it: re-ranks 16 k candidates exactly
-        t = time.perf_counter()
-        ivfpq.train(x[ivf_training_rows(n, np.random.default_rng(0), "ivfpq")])
-        ivfpq.add(x)
-        build = time.perf_counter() - t
+        ivfpq, build = built("ivfpq")  # re-ranks 16 k candidates exactly
         lists = ivf_lists(n, "ivfpq")
         for nprobe in sorted({lists // 10, ivf_nprobe("ivfpq", lists), lists // 4}):
             faiss.extract_index_ivf(ivfpq).nprobe = nprobe
-            ids, qps = timed_search(ivfpq, q)
             mark = " (library)" if nprobe == ivf_nprobe("ivfpq", lists) else ""
-            rows.append([f"{n:,}", f"IVF{lists},PQ{x.shape[1]}x4fs,RFlat", f"nprobe {nprobe}{mark}",
-                         f"{build:.1f}", f"{index_bytes(ivfpq) / 2**20:.0f}", f"{qps:,.0f}",
-                         f"{recall_at_k(ids, exact):.4f}", f"{qps / base_qps:.1f}x"])
+            measure(ivfpq, f"IVF{lists},PQ{x.shape[1]}x4fs,RFlat", f"nprobe {nprobe}{mark}", build)
         del ivfpq
         if n <= args.hnsw_max:
-            hnsw = make_faiss(x.shape[1], "hnsw", n)  # M 32, efConstruction 80
-            t = time.perf_counter()
-            hnsw.add(x)
-            build = time.perf_counter() - t
+            hnsw, build = built("hnsw")  # M 32, efConstruction 80
             for ef in (64, 128, 256):
                 hnsw.hnsw.efSearch = ef
-                ids, qps = timed_search(hnsw, q)
-                rows.append([f"{n:,}", "HNSW32", f"efSearch {ef}", f"{build:.1f}",
-                             f"{index_bytes(hnsw) / 2**20:.0f}", f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}",
-                             f"{qps / base_qps:.1f}x"])
+                measure(hnsw, "HNSW32", f"efSearch {ef}", build)
             del hnsw
         table(f"Search over {n:,} {args.source} {what} (mixture, dim {x.shape[1]}), {len(q)} queries, k = {K}; "
               f"kind 'auto' picks {resolve_kind('auto', n)}",

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..data.fov import ORIENTATIONS, orient, rotate_scale
-from ..index.store import ivf_training_rows, make_faiss, resolve_kind
+from ..index.store import trained_faiss
 from .memorization import Retrieval, group_views
 
 DESC_SIDE = 24
@@ -79,12 +79,9 @@ class VesselSearch:
     @classmethod
     def build(cls, templates: np.ndarray, chunk: int = 2048, kind: str = "auto") -> "VesselSearch":
         n = len(templates)
-        kind = resolve_kind(kind, n)
-        index = make_faiss(DESC_SIDE * DESC_SIDE, kind, n)
-        if not index.is_trained:  # ivfpq: lists and codebooks fitted on a sample of the descriptors
-            rows = ivf_training_rows(n, np.random.default_rng(0), kind)
-            index.train(np.concatenate([descriptors(templates[rows[i : i + chunk]])
-                                        for i in range(0, len(rows), chunk)]))
+        index = trained_faiss(DESC_SIDE * DESC_SIDE, kind, n, rng=np.random.default_rng(0), sample=lambda rows:
+                              np.concatenate([descriptors(templates[rows[i : i + chunk]])
+                                              for i in range(0, len(rows), chunk)]))
         for i in range(0, n, chunk):  # templates may be a memory map: stream them
             index.add(descriptors(templates[i : i + chunk]))
         return cls(index)

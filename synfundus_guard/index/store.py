@@ -27,6 +27,7 @@ import threading
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -321,7 +322,7 @@ def set_search_params(index: faiss.Index, kind: str) -> faiss.Index:
 
 def make_faiss(dim: int, kind: str, n: int) -> faiss.Index:
     """An empty FAISS inner-product index of ``kind`` (resolved by :func:`resolve_kind`) for ``n`` vectors of
-    ``dim``; an ``ivf`` or ``ivfpq`` one still needs training (on :func:`ivf_training_rows`)."""
+    ``dim``; an ``ivf`` or ``ivfpq`` one still needs training (:func:`trained_faiss` does it)."""
     kind = resolve_kind(kind, n)
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
@@ -332,6 +333,16 @@ def make_faiss(dim: int, kind: str, n: int) -> faiss.Index:
     idx = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
     idx.hnsw.efConstruction = 80
     return set_search_params(idx, kind)
+
+
+def trained_faiss(dim: int, kind: str, n: int, sample: Callable[[np.ndarray], np.ndarray],
+                  rng: np.random.Generator) -> faiss.Index:
+    """:func:`make_faiss`, trained when its kind needs it on ``sample(rows)``: the vectors of the set's
+    :func:`ivf_training_rows` (drawn from ``rng``). Vectors are added by the caller."""
+    index = make_faiss(dim, kind, n)
+    if not index.is_trained:
+        index.train(sample(ivf_training_rows(n, rng, resolve_kind(kind, n))))
+    return index
 
 
 def build_index(
@@ -393,6 +404,12 @@ def _fresh_build_dir(out_dir: Path) -> Path:
     return tmp
 
 
+def _projected(embedder: Embedder, feats: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Projected embeddings of the given rows of a (memory-mapped) feature array, ``chunk`` rows at a time."""
+    return np.concatenate([embedder.project(np.asarray(feats[rows[j : j + chunk]]))
+                           for j in range(0, len(rows), chunk)])
+
+
 def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence[str], *, embedder: Embedder,
                        cache: ArrayCache, kind: str, batch_size: int, seed: int, workers: int,
                        progress: Progress) -> None:
@@ -414,12 +431,8 @@ def _write_index_files(tmp: Path, records: Sequence[ImageRecord], shas: Sequence
     index = None
     for i in range(0, n, 8192):
         emb = embedder.project(np.asarray(feats[i : i + 8192]))
-        if index is None:
-            index = make_faiss(emb.shape[1], kind, n)
-            if not index.is_trained:  # IVF: its coarse quantizer is fitted on a sample of the set
-                sample = ivf_training_rows(n, rng, kind)
-                index.train(np.concatenate([embedder.project(np.asarray(feats[sample[j : j + 8192]]))
-                                            for j in range(0, len(sample), 8192)]))
+        if index is None:  # an IVF kind is fitted on a sample of the set
+            index = trained_faiss(emb.shape[1], kind, n, rng=rng, sample=partial(_projected, embedder, feats))
         index.add(emb)
     for arr in out.values():
         arr.flush()
