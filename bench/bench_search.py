@@ -3,6 +3,7 @@ index kinds over the embeddings and vessel descriptors of fundus-like images, at
 
     .venv/bin/python bench/bench_search.py [--real 1500] [--sizes 100000,1000000] [--queries 2000] [--hnsw-max N]
                                            [--cache FILE.npz] [--source phantom|alt] [--vectors embeddings,vessels]
+                                           [--workers-memory]
 
 Data: ``--real`` phantom images (seed 51, 128 px, visits 0 and 1 of ``--real``/2 patients; ``--source alt``:
 images of the second fundus renderer, ``bench/alt_fundus.py``, which played no part in choosing the ``ivfpq``
@@ -17,14 +18,24 @@ sqrt(n) lists of 4-bit fast-scan codes re-ranked exactly; each trained as the li
 ``--hnsw-max``. Each table names the kind ``auto`` (the vessel search's default) picks at its size.
 Rendering and describing the images takes ~2 minutes; exact and IVF search of 1 M vessel descriptors most of the
 ~30-minute run. ``--cache FILE.npz`` keeps the vectors (written when absent, reused when present).
+
+``--workers-memory`` measures instead what a worker process pays for the index kind ``auto`` builds at each size,
+saved as the library keeps the vessel search in the index folder: loaded in 2 worker processes at once, memory-mapped
+as the library loads it against read into each process's memory (the baseline, as when every worker derived its
+own copy): load seconds, queries/s, and the memory each process gained, its own (anonymous) against pages of the
+mapped file (the page cache, shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import faiss
 import numpy as np
@@ -39,7 +50,8 @@ from synfundus_guard.audit.vessel_search import descriptors  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.embed.base import l2_normalize  # noqa: E402
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec  # noqa: E402
-from synfundus_guard.index.store import ivf_lists, ivf_nprobe, resolve_kind, trained_faiss  # noqa: E402
+from synfundus_guard.index.store import (ivf_lists, ivf_nprobe, kind_of, read_faiss, resolve_kind,  # noqa: E402
+                                         set_search_params, trained_faiss)
 
 K = 10
 
@@ -94,6 +106,8 @@ def main() -> None:
     ap.add_argument("--vectors", type=lambda v: v.split(","), default=list(VECTORS),
                     help=f"comma-separated, of {', '.join(VECTORS)}")
     ap.add_argument("--cache", type=Path, help="npz of the rendered images' vectors: reused if present, else written")
+    ap.add_argument("--workers-memory", action="store_true",
+                    help="instead: memory and load time of the kept index in worker processes, mapped vs in memory")
     args = ap.parse_args()
     if set(args.vectors) - set(VECTORS):
         sys.exit(f"--vectors: choose from {', '.join(VECTORS)}")
@@ -112,16 +126,71 @@ def main() -> None:
     print(f"vectors of {args.real} + {n_other} {args.source} images in {time.perf_counter() - t0:.0f} s; "
           f"{faiss.omp_get_max_threads()} FAISS threads", flush=True)
     for what in args.vectors:
-        compare_kinds(what, vecs[what], vecs[f"{what}_other"], args)
+        (memory_per_worker if args.workers_memory else compare_kinds)(what, vecs[what], vecs[f"{what}_other"], args)
 
 
-def compare_kinds(what: str, base: np.ndarray, other: np.ndarray, args: argparse.Namespace) -> None:
-    """One table per size: exact search against the approximate kinds on vectors like ``base``."""
+def mixture_sets(base: np.ndarray, other: np.ndarray, args: argparse.Namespace) -> Iterator[tuple[int, np.ndarray,
+                                                                                                 np.ndarray]]:
+    """(size, indexed vectors, queries) per ``--sizes``: mixture samples like ``base``; queries also ``other``."""
     gmm = GaussianMixture(64, covariance_type="diag", reg_covar=1e-4, random_state=0).fit(base)
     for n in args.sizes:
         x = gmm.sample(n)[0]
         x = l2_normalize(x[np.random.default_rng(n).permutation(n)]).astype(np.float32)
-        q = np.concatenate([l2_normalize(gmm.sample(args.queries - len(other))[0]), other])
+        yield n, x, np.concatenate([l2_normalize(gmm.sample(args.queries - len(other))[0]), other])
+
+
+def memory_rollup() -> dict[str, float]:
+    """This process's resident memory in MiB: ``anonymous`` (its own heap, copied per process) and ``file`` (pages of
+    mapped files: the page cache, one copy shared by every process that maps the file)."""
+    kib = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        kib[key] = float(value.split()[0])
+    return {"anonymous": kib["Anonymous"] / 1024, "file": (kib["Rss"] - kib["Anonymous"]) / 1024}
+
+
+def load_and_search(path: str, mapped: bool, q: np.ndarray) -> tuple[float, float, dict[str, float]]:
+    """In a fresh worker process: load an index file (``mapped``: as the library does, :func:`read_faiss`; else read
+    into memory) and search ``q``; (load s, queries/s, memory after the search)."""
+    faiss.omp_set_num_threads(1)  # a worker process uses one core
+    before = memory_rollup()
+    t = time.perf_counter()
+    index = read_faiss(Path(path)) if mapped else faiss.read_index(path)
+    load = time.perf_counter() - t
+    set_search_params(index, kind_of(index))
+    _, qps = timed_search(index, q)
+    after = memory_rollup()
+    return load, qps, {k: after[k] - before[k] for k in after}
+
+
+def memory_per_worker(what: str, base: np.ndarray, other: np.ndarray, args: argparse.Namespace) -> None:
+    """Per size: the index kind ``auto`` builds (the vessel search's), saved, then loaded and searched in 2 worker
+    processes at once, memory-mapped as the library loads a kept index against read into each process's memory
+    (as every worker held it when each derived its own)."""
+    for n, x, q in mixture_sets(base, other, args):
+        t = time.perf_counter()
+        index = trained_faiss(x.shape[1], "auto", n, sample=lambda r: x[r], rng=np.random.default_rng(0))
+        index.add(x)
+        build = time.perf_counter() - t
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "kept.faiss")
+            faiss.write_index(index, path)
+            del index
+            for mapped in (False, True):
+                with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    done = list(pool.map(load_and_search, [path] * 2, [mapped] * 2, [q[:500]] * 2))
+                for w, (load, qps, mem) in enumerate(done):
+                    rows.append([f"{n:,}", resolve_kind("auto", n), "mapped (library)" if mapped else "in memory",
+                                 w, f"{load:.2f}", f"{qps:,.0f}", f"{mem['anonymous']:,.0f}", f"{mem['file']:,.0f}"])
+        table(f"{what}: the kept index of {n:,} {args.source} vectors (built in {build:.0f} s) in 2 worker processes "
+              "(1 thread each, 500 queries)",
+              ["indexed", "kind", "loaded", "worker", "load s", "queries/s", "own MiB", "shared file MiB"], rows)
+
+
+def compare_kinds(what: str, base: np.ndarray, other: np.ndarray, args: argparse.Namespace) -> None:
+    """One table per size: exact search against the approximate kinds on vectors like ``base``."""
+    for n, x, q in mixture_sets(base, other, args):
         t = time.perf_counter()
         flat = faiss.IndexFlatIP(x.shape[1])
         flat.add(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from skimage import data as skdata
@@ -193,3 +195,57 @@ def test_vessel_search_of_kind_ivfpq_retrieves_what_exact_search_retrieves():
     for e, a in zip(exact.retrieve(queries, k=5), approx.retrieve(queries, k=5)):
         assert e.candidates == a.candidates  # the same training images, each with the same best view
         assert a.embedding_sim == pytest.approx(e.embedding_sim, abs=1e-5)
+
+
+def _revisit_templates(n: int) -> list[np.ndarray]:
+    return [QuerySketch(render_visit(PhantomPatient.from_seed(SEED, p), visit=1, size=SIZE, seed=SEED)[0],
+                        kind="vessel").template() for p in range(n)]
+
+
+def test_vessel_search_is_kept_in_the_index_folder_and_loaded_from_it(guard, monkeypatch):
+    """Built once (here by the calibration), written 0600 under the index folder's derived/, and loaded from there
+    (memory-mapped) by every later load of the index: the same candidates as a fresh build, nothing rebuilt."""
+    import stat
+
+    from synfundus_guard.audit.vessel_search import VesselSearch
+    from synfundus_guard.audit.vessels import vessel_search
+    from synfundus_guard.embed.registry import embedder_from_spec
+    from synfundus_guard.index.store import load_index
+
+    kept = list((guard.index.path / "derived").glob("vessel_search-*.faiss"))
+    assert len(kept) == 1 and stat.S_IMODE(kept[0].stat().st_mode) == 0o600
+    queries = _revisit_templates(3)
+    fresh = VesselSearch.build(guard.index.vessels).retrieve(queries, k=5)
+    monkeypatch.setattr(VesselSearch, "build", classmethod(lambda cls, *a, **kw: pytest.fail("rebuilt")))
+    again = load_index(guard.index.path, embedder_from_spec(guard.index.meta["embedder"]))
+    loaded = vessel_search(again).retrieve(queries, k=5)
+    assert [r.candidates for r in loaded] == [r.candidates for r in fresh]
+    assert [r.embedding_sim for r in loaded] == pytest.approx([r.embedding_sim for r in fresh], abs=1e-6)
+
+
+def test_a_damaged_or_unwritable_kept_vessel_search_is_rebuilt(guard, tmp_path, monkeypatch):
+    import shutil
+
+    from synfundus_guard.audit.vessels import vessel_search
+    from synfundus_guard.embed.registry import embedder_from_spec
+    from synfundus_guard.index import store
+
+    folder = Path(shutil.copytree(guard.index.path, tmp_path / "idx"))
+    (kept,) = (folder / "derived").glob("vessel_search-*.faiss")
+    kept.write_bytes(b"not a faiss index")
+    queries = _revisit_templates(2)
+    want = [r.candidates for r in vessel_search(guard.index).retrieve(queries, k=5)]
+
+    def load():
+        return store.load_index(folder, embedder_from_spec(guard.index.meta["embedder"]))
+
+    assert [r.candidates for r in vessel_search(load()).retrieve(queries, k=5)] == want
+    assert store.read_faiss(kept).ntotal == guard.index.size  # rewritten whole
+    kept.unlink()
+
+    def unwritable(index, path):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(store, "_write_faiss_atomic", unwritable)
+    assert [r.candidates for r in vessel_search(load()).retrieve(queries, k=5)] == want  # kept in memory instead
+    assert not list((folder / "derived").iterdir())

@@ -49,8 +49,12 @@ MATCH_VERSION = (f"{VESSEL_VERSION}:{ALIGN_VERSION}:{DESC_VERSION}:k{CANDIDATES}
 
 
 def vessel_search(index: GuardIndex) -> VesselSearch:
-    """The vessel search index of a training index (built from its stored templates on first use)."""
-    return index.derived(DESC_VERSION, lambda ix: VesselSearch.build(ix.vessels))
+    """The vessel search index of a training index: built from its stored templates on first use and kept in the
+    index folder (:meth:`~..index.store.GuardIndex.derived_faiss`), so later runs and worker processes load it."""
+    def build(ix: GuardIndex):
+        return VesselSearch.build(ix.vessels).faiss_index
+
+    return index.derived(DESC_VERSION, lambda ix: VesselSearch(ix.derived_faiss("vessel_search", DESC_VERSION, build)))
 
 
 def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int = CANDIDATES, views: int = VIEWS,
@@ -75,6 +79,7 @@ class VesselCheck(Check):
         self.index = index
         self.threshold = float(threshold)
         self.calibration_info = calibration_info or {}
+        vessel_search(index)  # built (and kept in the index folder) here, before any worker process needs it
 
     def fingerprint(self) -> dict:
         return {"name": self.name, "match": MATCH_VERSION, "threshold": self.threshold, **self.calibration_info}

@@ -19,7 +19,7 @@ import numpy as np
 from ..audit.memorization import MATCH_VERSION as PIXEL_MATCH
 from ..audit.memorization import score_images
 from ..audit.vessels import MATCH_VERSION as VESSEL_MATCH
-from ..audit.vessels import vessel_scores
+from ..audit.vessels import vessel_scores, vessel_search
 from ..data.folder import ImageRecord
 from ..data.images import load_image
 from ..embed.base import Embedder
@@ -162,6 +162,7 @@ def calibrate(
     if n_workers <= 1:
         scored = (_score_files(index, paths, k) for paths in batches)
     else:
+        vessel_search(index)  # kept in the index folder once, for the workers to load, not built by each
         scored = ordered_map(_score_in_worker, batches, workers=n_workers, setup=_init_scorer,
                              setup_args=(Path(index.path), index.embedder, k))
     with progress.task("Calibrating on holdout", total=len(holdout)) as t:

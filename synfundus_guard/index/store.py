@@ -9,7 +9,13 @@ An index folder is *private* (it names training files) and holds:
 * ``embedder.npz`` — the fitted projection of the embedder;
 * ``records.json`` — file name, image id, patient id and content hash of every indexed image;
 * ``meta.json`` — fingerprints: embedder, features, dataset; a loader refuses an index built with another
-  embedder (:class:`~synfundus_guard.errors.IndexMismatchError`).
+  embedder (:class:`~synfundus_guard.errors.IndexMismatchError`);
+* ``derived/`` — FAISS indexes derived from the above on first use (the vessel search,
+  :meth:`GuardIndex.derived_faiss`), kept so that later runs and every worker process load them instead of
+  deriving them again; ``calibration/`` — cached holdout scores.
+
+FAISS files are memory-mapped where FAISS can (:func:`read_faiss`): the exact vectors of a flat or ``ivfpq`` index
+stay in the page cache, shared by every worker process on the machine, not copied into each.
 
 Building streams images in batches (never all in memory) and caches per-image features by content hash.
 The folder is written under a temporary name (``NAME.building``, marked as ours by :data:`BUILDING_MARKER`)
@@ -40,7 +46,7 @@ from ..data.images import load_image
 from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
 from ..errors import IndexBuildError, IndexMismatchError, InputError
-from ..fsutil import atomic_write_json, sha256_bytes, sha256_file
+from ..fsutil import atomic_write_json, fsync_dir, sha256_bytes, sha256_file
 from ..parallel import auto_workers, ordered_map
 from ..progress import NULL_PROGRESS, Progress
 from ..safeload import read_json
@@ -48,6 +54,8 @@ from ..safeload import read_json
 INDEX_VERSION = "guard-index-v2"
 BUILDING_MARKER = ".guard-index-building"
 """Written first into a folder being built; only a folder holding it is ever removed as a leftover build."""
+DERIVED_DIR = "derived"
+"""Subfolder of an index folder holding FAISS indexes derived from it (:meth:`GuardIndex.derived_faiss`)."""
 _PCA_SAMPLE = 20_000
 """At most this many training images fit the embedder's projection (a random sample beyond that)."""
 
@@ -206,7 +214,7 @@ class GuardIndex:
     vessels: np.ndarray
     records: list[dict]
     meta: dict
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -220,11 +228,37 @@ class GuardIndex:
         return self.meta["dataset_fingerprint"]
 
     def derived(self, key: str, build: Callable[["GuardIndex"], Any]) -> Any:
-        """A structure computed from this index on first use and kept (e.g. the vessel search index)."""
+        """A structure computed from this index on first use and kept in this process."""
         with self._lock:
             if key not in self._derived:
                 self._derived[key] = build(self)
             return self._derived[key]
+
+    def derived_faiss(self, name: str, version: str, build: Callable[["GuardIndex"], faiss.Index]) -> faiss.Index:
+        """A FAISS index computed from this index (e.g. the vessel search), kept in the folder's ``derived/``.
+
+        Loaded (memory-mapped, :func:`read_faiss`) when a file of this ``version`` and training set is there;
+        otherwise built once, written atomically (0600) and loaded from the file, so that every process on the
+        machine shares its pages. A folder that cannot be written keeps it in memory; a damaged file is rebuilt.
+        """
+        key = sha256_bytes(f"{name}|{version}|{self.dataset_fingerprint}".encode())[:16]
+        path = self.path / DERIVED_DIR / f"{name}-{key}.faiss"
+
+        def load_or_build(ix: "GuardIndex") -> faiss.Index:
+            if path.is_file():
+                try:
+                    index = read_faiss(path)
+                    if index.ntotal == ix.size:
+                        return index
+                except RuntimeError:
+                    pass  # damaged: build it again
+            index = build(ix)
+            try:
+                _write_faiss_atomic(index, path)
+                return read_faiss(path)
+            except (OSError, RuntimeError):
+                return index  # a read-only index folder: keep it in this process
+        return self.derived(f"faiss:{path.name}", load_or_build)
 
     def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` inner products and indices for each row of ``embeddings`` ``(m, D)``."""
@@ -318,6 +352,39 @@ def set_search_params(index: faiss.Index, kind: str) -> faiss.Index:
     if kind == "hnsw":
         index.hnsw.efSearch = 128
     return index
+
+
+def kind_of(index: faiss.Index) -> str:
+    """The :data:`INDEX_KINDS` name of an index :func:`make_faiss` made (after a save and load too)."""
+    if isinstance(index, faiss.IndexRefine):
+        return "ivfpq"
+    if isinstance(index, faiss.IndexIVF):
+        return "ivf"
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    return "flat"
+
+
+def read_faiss(path: Path) -> faiss.Index:
+    """Read a FAISS index file with its search settings, its flat vectors memory-mapped read-only (the exact vectors
+    of ``flat`` and ``ivfpq`` indexes: file pages, shared between processes, not private memory)."""
+    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    return set_search_params(index, kind_of(index))
+
+
+def _write_faiss_atomic(index: faiss.Index, path: Path) -> None:
+    """Write ``index`` to ``path`` (0600, its folder 0700) via a temporary file renamed into place."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        os.chmod(tmp, 0o600)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def make_faiss(dim: int, kind: str, n: int) -> faiss.Index:
@@ -494,8 +561,7 @@ def load_index(path: Path, embedder: Embedder) -> GuardIndex:
     try:
         with np.load(path / "embedder.npz", allow_pickle=False) as z:
             embedder.load_state({k: z[k] for k in z.files})
-        index = faiss.read_index(str(path / "index.faiss"))
-        set_search_params(index, str(meta.get("kind")))
+        index = read_faiss(path / "index.faiss")
         sketches = np.load(path / "sketches.npy", mmap_mode="r", allow_pickle=False)
         vessels = np.load(path / "vessels.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
