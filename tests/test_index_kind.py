@@ -115,6 +115,6 @@ def test_calibration_in_worker_processes_equals_one_made_here(train, tmp_path):
     here = calibrate(index, holdout, k=5, batch_size=8, workers=1)
     shutil.rmtree(tmp_path / "ix" / "calibration")  # not from the cache: computed again, in workers
     there = calibrate(index, holdout, k=5, batch_size=8, workers=2)
-    for name in ("embedding_sims", "pixel_nccs", "vessel_scores"):
+    for name in ("embedding_sims", "pixel_nccs", "vessel_scores", "vessel_margins"):
         np.testing.assert_allclose(getattr(here, name), getattr(there, name), atol=1e-6)
         assert len(getattr(here, name)) == 24

@@ -249,3 +249,86 @@ def test_a_damaged_or_unwritable_kept_vessel_search_is_rebuilt(guard, tmp_path, 
     monkeypatch.setattr(store, "_write_faiss_atomic", unwritable)
     assert [r.candidates for r in vessel_search(load()).retrieve(queries, k=5)] == want  # kept in memory instead
     assert not list((folder / "derived").iterdir())
+
+
+def test_margin_rule_flags_revisits_on_its_own_and_not_new_patients(guard):
+    """The margin (match score less the best score of another patient's candidate) has its own holdout threshold:
+    with the score rule out of reach, it still flags another visit of training patients, and no new patient."""
+    from synfundus_guard.audit.vessels import MARGIN_KEY
+
+    calibrated = next(c for c in build_checks(policy=load_policy("public"), guard=guard) if isinstance(c, VesselCheck))
+    assert calibrated.margin_threshold is not None
+    assert calibrated.fingerprint()["rule_quantile"] == pytest.approx(1 - (1 - 0.999) / 2)
+    margin_only = VesselCheck(index=guard.index, threshold=1.0, margin_threshold=calibrated.margin_threshold)
+    revisits = [render_visit(PhantomPatient.from_seed(SEED, p), visit=2, size=SIZE, seed=SEED)[0] for p in range(4)]
+    novel = [render_visit(PhantomPatient.from_seed(SEED + 9, p), visit=0, size=SIZE, seed=SEED + 9)[0] for p in range(4)]
+    findings = margin_only.check_batch([Candidate(f"x{i}.png", im) for i, im in enumerate(revisits + novel)])
+    assert all(f.flagged and f.reasons == (f.reasons[0],) and "far better than any other" in f.reasons[0]
+               for f in findings[:4])
+    assert not any(f.flagged for f in findings[4:])
+    assert all(f.scores[MARGIN_KEY] > calibrated.margin_threshold for f in findings[:4])
+
+
+def test_margin_is_over_other_patients_not_the_same_patients_other_images(tmp_path):
+    """A patient indexed twice (two visits) is one patient: a third visit's margin is taken over the best candidate
+    of another patient, not over that patient's other image (which would make the margin of every patient with
+    several training images small)."""
+    from synfundus_guard.audit.memorization import align_candidates
+    from synfundus_guard.audit.vessels import REFINE, REVISIT_GRID, SAME_EYE_VIEWS, vessel_scores, vessel_search
+    from synfundus_guard.audit.vessel_search import view_params
+
+    def img(seed, p, v):
+        return render_visit(PhantomPatient.from_seed(seed, p), visit=v, size=128, seed=seed)[0]
+
+    write_image_folder(tmp_path / "train", [(f"p{p}_{v}.png", img(SEED, p, v), f"I{p}-{v}", f"P{p}")
+                                            for p in range(12) for v in ((0, 1) if p == 0 else (0,))])
+    write_image_folder(tmp_path / "holdout", [(f"h{p}.png", img(SEED + 5, p, 0), f"H{p}", f"H{p}") for p in range(20)])
+    g = prepare_guard(train_dir=tmp_path / "train", holdout_dir=tmp_path / "holdout", k=10, cache_dir=tmp_path / "c")
+    query = img(SEED, 0, 2)
+    (v,) = vessel_scores(g.index, [query])
+    sketch = QuerySketch(query, kind="vessel", disc_grid=REVISIT_GRID)
+    a = align_candidates(sketch, vessel_search(g.index).retrieve([sketch.template()], k=10)[0], g.index.vessels,
+                         view_params=view_params, refine=REFINE, extra_views=SAME_EYE_VIEWS, refine_each=True)
+    pid = {j: g.index.records[j]["patient_id"] for j in a.per_candidate}
+    assert pid[v.best] == "P0" and list(pid.values()).count("P0") == 2  # both of P0's images are candidates
+    others = max(s for j, s in a.per_candidate.items() if pid[j] != "P0")
+    second = sorted(a.per_candidate.values())[-2]  # P0's other image
+    assert v.margin == pytest.approx(v.score - others) and v.margin > v.score - second
+
+
+def test_an_index_of_one_patient_has_no_margins_and_the_rule_is_off(tmp_path):
+    """With one training patient there is no other patient to compare with: every holdout margin is missing
+    (stored as null in the calibration cache, read back as NaN), and the check runs on its score alone."""
+    def img(seed, p, v):
+        return render_visit(PhantomPatient.from_seed(seed, p), visit=v, size=64, seed=seed)[0]
+
+    write_image_folder(tmp_path / "train", [(f"p0_{v}.png", img(SEED, 0, v), f"I0-{v}", "P0") for v in range(2)])
+    write_image_folder(tmp_path / "holdout", [(f"h{p}.png", img(SEED + 5, p, 0), f"H{p}", f"H{p}") for p in range(20)])
+    runs = [prepare_guard(train_dir=tmp_path / "train", holdout_dir=tmp_path / "holdout", k=10,
+                          cache_dir=tmp_path / "c") for _ in range(2)]  # the second reads the cache
+    for g in runs:
+        assert np.isnan(g.calibration.vessel_margins).all() and len(g.calibration.vessel_margins) == 20
+        assert g.calibration.margin_threshold(0.999) is None
+    np.testing.assert_array_equal(runs[0].calibration.vessel_scores, runs[1].calibration.vessel_scores)
+    check = next(c for c in build_checks(policy=load_policy("public"), guard=runs[1]) if isinstance(c, VesselCheck))
+    assert check.margin_threshold is None and check.fingerprint()["rule_quantile"] == 0.999
+    (finding,) = check.check_batch([Candidate("x.png", img(SEED, 0, 2))])
+    assert "vessels.margin" not in finding.scores
+
+
+def test_spacing_quantile_holds_an_exponential_tail_to_its_quantile():
+    """Margins (gaps between the top two similarities) have an exponential tail: from 100 samples, the 0.9995
+    quantile is exceeded by about 0.05 % of new samples on average, never set below the sample maximum, and the
+    empirical quantile is used where the sample resolves it."""
+    from synfundus_guard.index.calibrate import spacing_quantile
+
+    rng = np.random.default_rng(0)
+    exceed = []
+    for _ in range(200):
+        holdout = rng.exponential(0.02, 100)
+        thr = spacing_quantile(holdout, 0.9995)
+        assert thr >= holdout.max()
+        exceed.append(np.exp(-thr / 0.02))  # the true tail probability above the threshold
+    assert 0.0002 < np.mean(exceed) < 0.0015
+    sample = rng.exponential(0.02, 1000)
+    assert spacing_quantile(sample, 0.99) == pytest.approx(np.quantile(sample, 0.99))

@@ -15,7 +15,7 @@ so "closer than a new patient gets" means "above the threshold".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -84,15 +84,26 @@ def retrieve(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list
     return [group_views(sims[i], idx[i], k) for i in range(n)]
 
 
-def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
-               view_params: Callable[[int], tuple[int, float | None]], refine: int | None = None,
-               extra_views: Sequence[int] = ()) -> tuple[float, int, dict[str, float]]:
-    """Best aligned correlation of ``query`` with the retrieved candidates' ``templates``.
+class Alignment(NamedTuple):
+    """Best aligned correlation of a query with its candidates: score, training index, transform, and each
+    candidate's own best score (``per_candidate``: training index -> score)."""
+
+    score: float
+    best: int
+    transform: dict[str, float]
+    per_candidate: dict[int, float]
+
+
+def align_candidates(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
+                     view_params: Callable[[int], tuple[int, float | None]], refine: int | None = None,
+                     extra_views: Sequence[int] = (), refine_each: bool = False) -> Alignment:
+    """Aligned correlation of ``query`` with the retrieved candidates' ``templates``.
 
     A coarse pass scores every candidate at the views that matched it, plus ``extra_views`` (translation
     only; ``view_params`` maps a view to its orientation and rotation, ``None`` when the retrieval cannot tell);
     the full rotation and scale grid then refines the ``refine`` (default :data:`REFINE`) most promising
-    candidate-views.
+    candidate-views, and with ``refine_each`` also every other candidate's best view (so that each candidate's
+    score is a refined one).
     """
     refine = REFINE if refine is None else refine
     order = list(dict.fromkeys(j for j, _ in retrieval.candidates))  # each candidate's templates, once
@@ -103,16 +114,34 @@ def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, 
             orientation, angle = view_params(view)
             pairs += [(slots[j], orientation, a) for a in (COARSE_ANGLES if angle is None else (angle,))]
     if not pairs:
-        return -1.0, -1, {}
+        return Alignment(-1.0, -1, {}, {})
     spectra = sketch_spectra(np.stack([np.asarray(templates[j]) for j in order]))
     coarse = sorted(zip(query.score_many(spectra, pairs, grid=COARSE), pairs), key=lambda c: -c[0][0])
+    per_slot: dict[int, float] = {}
+    for (score, _), (slot, _, _) in coarse:
+        per_slot.setdefault(slot, score)  # best first
     (best_score, best_t), (slot, _, _) = coarse[0]
     best_j = order[slot]
     top = [pair for _, pair in coarse[:refine]]
+    if refine_each:
+        firsts = {}
+        for _, pair in coarse:
+            firsts.setdefault(pair[0], pair)
+        top += [pair for pair in firsts.values() if pair not in top]
     for (score, t), (slot, _, _) in zip(query.score_many(spectra, top), top):
+        per_slot[slot] = max(per_slot[slot], score)
         if score > best_score:
             best_score, best_j, best_t = score, order[slot], t
-    return best_score, best_j, best_t
+    return Alignment(best_score, best_j, best_t, {order[slot]: s for slot, s in per_slot.items()})
+
+
+def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
+               view_params: Callable[[int], tuple[int, float | None]], refine: int | None = None,
+               extra_views: Sequence[int] = ()) -> tuple[float, int, dict[str, float]]:
+    """Best aligned correlation of ``query`` with the retrieved candidates' ``templates`` (score, training index,
+    transform; :func:`align_candidates`)."""
+    a = align_candidates(query, retrieval, templates, view_params=view_params, refine=refine, extra_views=extra_views)
+    return a.score, a.best, a.transform
 
 
 def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[MemoScore]:

@@ -40,7 +40,7 @@ from .identity.faces import FaceCheck
 from .identity.metadata import MetadataCheck
 from .identity._ocr import tesseract_path
 from .identity.text import TextCheck, identifiers_of
-from .vessels import VesselCheck
+from .vessels import VesselCheck, split_quantile
 from .workers import ENGINES, auto_workers, map_batches
 
 
@@ -196,8 +196,12 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
         if guard is None:
             raise InputError("the policy enables the vessels check: --train and --holdout are required")
         cal = guard.calibration
-        checks.append(VesselCheck(index=guard.index, threshold=cal.threshold(cal.vessel_scores, vp.quantile),
-                                  calibration_info={"quantile": vp.quantile, "n_holdout": int(len(cal.vessel_scores))}))
+        margin = cal.margin_threshold(split_quantile(vp.quantile))  # two rules, each at half the tail
+        q = vp.quantile if margin is None else split_quantile(vp.quantile)
+        checks.append(VesselCheck(index=guard.index, threshold=cal.threshold(cal.vessel_scores, q),
+                                  margin_threshold=margin,
+                                  calibration_info={"quantile": vp.quantile, "rule_quantile": q,
+                                                    "n_holdout": int(len(cal.vessel_scores))}))
     summary = guard.calibration.summary() if checks and guard is not None else {}
     for check in checks:  # the calibrated checks carry the holdout distributions their thresholds come from
         check.calibration = summary

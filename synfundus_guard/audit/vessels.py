@@ -7,23 +7,40 @@ the template is that vesselness map. Candidate training images come from a FAISS
 and rotation that matched it. Each candidate is then verified geometrically: a translation-only correlation at its
 matched views and at the same eye's rotations ranks them, and the ``refine`` best candidate-views are aligned over
 rotations, scales (+-12 % inside a field-of-view disc, wider without one) and translations (FFT correlation); the
-best normalised correlation is the match score. The threshold is the policy's quantile of holdout
-(different-patient) match scores.
+best normalised correlation is the match score. With ``refine_each``, every other candidate's best view is refined
+too, and the *margin* is the match score less the best score of a candidate of another patient: how much better the
+image matches its best training patient than anyone else (Lowe's ratio test, as a difference). An image is flagged
+when its match score, or its margin, exceeds the policy's quantile of holdout (different-patient) scores of the
+same kind, each taken at half the policy's tail (``1 - (1 - q) / 2``), so that the two rules together flag new
+patients no more often than the policy's quantile says.
+
+Why the margin: another visit's vessel map is blurred, lit and posed differently, so its match score can stay
+below new patients' best chance scores, whose spread depends on the image (a blurry map correlates with many
+trees); the margin over the other candidates cancels much of that. Its threshold comes from an exponential tail
+(:func:`~..index.calibrate.spacing_quantile`), the score's from a Gumbel one. The rule, every candidate refined,
+and the split tail were chosen on second-renderer seed 61 and phantom seed 41 (80 patients, 100 holdout images),
+where refining only the 3 best candidate-views flagged a new patient at 128 px; the exponential tail replaced a
+Gumbel fit after a new patient of phantom seed 3 passed the latter. Vessels check, revisits flagged on the true
+patient, score rule alone at 0.999 -> with the margin rule (no new patient flagged in any): second renderer seed
+61, 256 px 72.5 -> 76.9 %, 128 px 66.2 -> 72.5 %; seed 23 (120 patients) 65.0 -> 71.3 % and 50.4 -> 60.8 %; phantom
+seed 41 100 %, seed 3 95.0 -> 95.8 % and 86.7 -> 90.4 %. ``bench/bench_vessels.py --only revisits`` measures it
+end to end.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from ..index.store import GuardIndex
 from .base import Candidate, Check, Finding
-from .memorization import align_best
+from .memorization import align_candidates
 from .pixel_match import ALIGN_VERSION, VESSEL_VERSION, AlignmentGrid, QuerySketch
 from .vessel_search import DESC_VERSION, VIEW_ANGLES, VIEWS, VesselSearch, view_params
 
 SCORE_KEY = "vessels.match_score"
+MARGIN_KEY = "vessels.margin"
 CANDIDATES = 10
 """Training images retrieved per query."""
 REFINE = 3
@@ -44,7 +61,7 @@ before -> after: 256 px 95.8 -> 95.8 % and 72.9 -> 77.5 %, 128 px 89.2 -> 88.3 %
 patient flagged. Five scales in 6 % steps did worse on all four (95.4, 75.8, 87.1, 67.1 %). Cost: the check takes
 ~30 instead of ~18 ms per 256 px image."""
 MATCH_VERSION = (f"{VESSEL_VERSION}:{ALIGN_VERSION}:{DESC_VERSION}:k{CANDIDATES}:v{VIEWS}:r{REFINE}"
-                 f":e{len(SAME_EYE_VIEWS)}:s{len(REVISIT_GRID.scales)}")
+                 f":e{len(SAME_EYE_VIEWS)}:s{len(REVISIT_GRID.scales)}:margin1")
 """Changes whenever the scores would: calibrations cached under another version are recomputed."""
 
 
@@ -57,17 +74,45 @@ def vessel_search(index: GuardIndex) -> VesselSearch:
     return index.derived(DESC_VERSION, lambda ix: VesselSearch(ix.derived_faiss("vessel_search", DESC_VERSION, build)))
 
 
+class VesselScore(NamedTuple):
+    """One image against the training set: best match score, its training index and transform, and its margin
+    over the best candidate of another patient (NaN when no candidate is of another patient)."""
+
+    score: float
+    best: int
+    transform: dict[str, float]
+    margin: float
+
+
+def patient_key(record: dict, j: int) -> str:
+    """Whose image training record ``j`` is: its patient id, or the image itself where the id is unknown."""
+    pid = str(record.get("patient_id", ""))
+    return f"?{j}" if not pid or pid.startswith("?") else pid
+
+
 def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int = CANDIDATES, views: int = VIEWS,
-                  refine: int = REFINE) -> list[tuple[float, int, dict[str, float]]]:
-    """(best vessel-map correlation, training index, transform) per image against its retrieved candidates."""
+                  refine: int = REFINE) -> list[VesselScore]:
+    """Match score, training index, transform and margin of each image against its retrieved candidates."""
     search = vessel_search(index)
     out = []
     for img in images:
         query = QuerySketch(img, kind="vessel", disc_grid=REVISIT_GRID)
         retrieval = search.retrieve([query.template()], k=k, views=views)[0]
-        out.append(align_best(query, retrieval, index.vessels, view_params=view_params, refine=refine,
-                              extra_views=SAME_EYE_VIEWS))
+        a = align_candidates(query, retrieval, index.vessels, view_params=view_params, refine=refine,
+                             extra_views=SAME_EYE_VIEWS, refine_each=True)
+        if a.best < 0:
+            out.append(VesselScore(a.score, a.best, a.transform, float("nan")))
+            continue
+        own = patient_key(index.records[a.best], a.best)
+        others = [s for j, s in a.per_candidate.items() if patient_key(index.records[j], j) != own]
+        out.append(VesselScore(a.score, a.best, a.transform, a.score - max(others) if others else float("nan")))
     return out
+
+
+def split_quantile(quantile: float) -> float:
+    """The quantile each of the check's two rules (score, margin) is held to, so that together they flag new
+    patients at most ``1 - quantile`` of the time."""
+    return 1.0 - (1.0 - quantile) / 2.0
 
 
 class VesselCheck(Check):
@@ -75,27 +120,41 @@ class VesselCheck(Check):
 
     name = "vessels"
 
-    def __init__(self, *, index: GuardIndex, threshold: float, calibration_info: dict | None = None):
+    def __init__(self, *, index: GuardIndex, threshold: float, margin_threshold: float | None = None,
+                 calibration_info: dict | None = None):
         self.index = index
         self.threshold = float(threshold)
+        self.margin_threshold = None if margin_threshold is None else float(margin_threshold)
+        """``None``: the margin rule is off (the holdout had no margins: fewer than two patients indexed)."""
         self.calibration_info = calibration_info or {}
         vessel_search(index)  # built (and kept in the index folder) here, before any worker process needs it
 
     def fingerprint(self) -> dict:
-        return {"name": self.name, "match": MATCH_VERSION, "threshold": self.threshold, **self.calibration_info}
+        return {"name": self.name, "match": MATCH_VERSION, "threshold": self.threshold,
+                "margin_threshold": self.margin_threshold, **self.calibration_info}
+
+    def reasons(self, v: VesselScore) -> tuple[str, ...]:
+        out = []
+        if v.score > self.threshold:
+            out.append(f"vessel pattern matches a training patient: score {v.score:.3f} > {self.threshold:.3f}")
+        if self.margin_threshold is not None and v.margin > self.margin_threshold:
+            out.append(f"vessel pattern matches one training patient far better than any other: margin "
+                       f"{v.margin:.3f} > {self.margin_threshold:.3f}")
+        return tuple(out)
 
     def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
         findings = []
-        for score, j, transform in vessel_scores(self.index, [c.image for c in batch]):
-            flagged = score > self.threshold
-            rec = self.index.records[j] if j >= 0 else {}
+        for v in vessel_scores(self.index, [c.image for c in batch]):
+            reasons = self.reasons(v)
+            rec = self.index.records[v.best] if v.best >= 0 else {}
+            scores = {SCORE_KEY: round(v.score, 6)} | ({MARGIN_KEY: round(v.margin, 6)} if np.isfinite(v.margin)
+                                                       else {})
             findings.append(Finding(
                 check=self.name,
-                flagged=flagged,
-                reasons=(f"vessel pattern matches a training patient: score {score:.3f} > {self.threshold:.3f}",)
-                if flagged else (),
-                scores={SCORE_KEY: round(score, 6)},
+                flagged=bool(reasons),
+                reasons=reasons,
+                scores=scores,
                 private={"matched_training_image": rec.get("file_name"), "matched_patient_id": rec.get("patient_id"),
-                         "transform": transform},
+                         "transform": v.transform},
             ))
         return findings

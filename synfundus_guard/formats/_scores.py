@@ -35,6 +35,8 @@ SCORES = (
               "pixel_ncc", "pixel_threshold", "matches a training photo pixel by pixel more closely than"),
     ScoreInfo("vessels.match_score", "vessels: vessel-pattern match with a training patient",
               "vessel_score", "threshold", "its vessel pattern matches a training patient's more closely than"),
+    ScoreInfo("vessels.margin", "vessels: how much better it matches its best training patient than any other",
+              "vessel_margin", "margin_threshold", "it singles out one training patient more clearly than"),
     ScoreInfo("text.max_glyphs", "text: glyphs in the longest row of burned-in text", None, "min_glyphs"),
     ScoreInfo("faces.dlib", "faces: dlib frontal face detector score", None, "min_dlib"),
     ScoreInfo("faces.haar", "faces: Haar cascade votes (mirror-confirmed)", None, "min_haar"),

@@ -33,6 +33,8 @@ from .store import GuardIndex, dataset_fingerprint, hash_records, load_index
 MIN_HOLDOUT = 20
 """Fewer holdout images cannot support a quantile threshold; calibration refuses them."""
 HIST_BINS = 40
+CACHED = ("embedding_sims", "pixel_nccs", "vessel_scores", "vessel_margins")
+"""The holdout score samples a calibration cache entry holds, in :class:`Calibration`'s order."""
 """Bins of the holdout score histograms in the public report."""
 
 
@@ -43,6 +45,8 @@ class Calibration:
     embedding_sims: np.ndarray
     pixel_nccs: np.ndarray
     vessel_scores: np.ndarray
+    vessel_margins: np.ndarray
+    """NaN where a holdout image had no candidate of a second training patient."""
     holdout_fingerprint: str
     k: int
 
@@ -67,9 +71,16 @@ class Calibration:
             out = {f"q{p}": round(float(np.quantile(a, p / 100)), 6) for p in (50, 90, 99, 100)}
             return out | {"hist": {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}}
 
+        margins = self.vessel_margins[np.isfinite(self.vessel_margins)]
         return {"n_holdout": int(len(self.embedding_sims)), "k": self.k,
                 "embedding_sim": q(self.embedding_sims), "pixel_ncc": q(self.pixel_nccs),
-                "vessel_score": q(self.vessel_scores)}
+                "vessel_score": q(self.vessel_scores)} | ({"vessel_margin": q(margins)} if len(margins) else {})
+
+    def margin_threshold(self, quantile: float) -> float | None:
+        """The vessels check's margin threshold at ``quantile`` (:func:`spacing_quantile`); ``None`` (the rule is
+        off) unless every holdout image had a margin (the index holds two or more patients)."""
+        m = self.vessel_margins
+        return spacing_quantile(m, quantile) if len(m) and np.isfinite(m).all() else None
 
 
 def tail_quantile(x: np.ndarray, q: float) -> float:
@@ -88,6 +99,25 @@ def tail_quantile(x: np.ndarray, q: float) -> float:
     mu = float(z.mean()) - 0.5772156649 * beta
     zq = mu - beta * np.log(-np.log(q))
     return max(float(x.max()), float(1.0 - np.exp(-zq)))
+
+
+def spacing_quantile(x: np.ndarray, q: float) -> float:
+    """Empirical quantile of a sample of margins (best match less the best match of another patient) where the
+    sample resolves it, else an exponential tail fitted by the sample mean; never below the sample maximum.
+
+    A margin is the gap between the two largest of many similarities, and the gap between the top two of a sample
+    from the Gumbel's domain is exponential, a heavier tail than a Gumbel fit would give it. Holdout margins agree:
+    mean ~0.02 with standard deviation ~ mean, and the largest of 100 near ``mean * ln(100)`` (phantom and second
+    renderer, 128 and 256 px). The Gumbel fit of :func:`tail_quantile` let a new patient of phantom seed 3 through
+    (margin 0.125 over a threshold of 0.107; exponential: 0.143).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if q <= 1.0 - 1.0 / n:
+        return float(np.quantile(x, q))
+    if q >= 1.0:
+        return float(x.max())
+    return max(float(x.max()), float(np.clip(x, 0.0, None).mean()) * float(np.log(1.0 / (1.0 - q))))
 
 
 def check_disjoint(train: GuardIndex, holdout: Sequence[ImageRecord], holdout_shas: Sequence[str]) -> None:
@@ -109,12 +139,14 @@ CALIBRATION_ITEMS_PER_WORKER = 200
 and loads the index in ~5 s; a holdout image costs ~60 ms at 256 px)."""
 
 
-def _score_files(index: GuardIndex, paths: Sequence[Path], k: int) -> list[tuple[float, float, float]]:
-    """(embedding similarity, pixel correlation, vessel score) of holdout image files against the index."""
+def _score_files(index: GuardIndex, paths: Sequence[Path], k: int) -> list[tuple[float, float, float, float]]:
+    """(embedding similarity, pixel correlation, vessel score, vessel margin) of holdout image files against the
+    index."""
     images = [load_image(p) for p in paths]
     with single_thread_blas():
         ves = vessel_scores(index, images)
-        return [(s.embedding_sim, s.pixel_ncc, v[0]) for s, v in zip(score_images(index, images, k=k), ves)]
+        return [(s.embedding_sim, s.pixel_ncc, v.score, v.margin)
+                for s, v in zip(score_images(index, images, k=k), ves)]
 
 
 _SCORER: dict = {}
@@ -124,7 +156,7 @@ def _init_scorer(index_dir: Path, embedder: Embedder, k: int) -> None:
     _SCORER.update(index=load_index(index_dir, embedder), k=k)
 
 
-def _score_in_worker(paths: Sequence[Path]) -> list[tuple[float, float, float]]:
+def _score_in_worker(paths: Sequence[Path]) -> list[tuple[float, float, float, float]]:
     return _score_files(_SCORER["index"], paths, _SCORER["k"])
 
 
@@ -150,13 +182,12 @@ def calibrate(
     if cache_path.is_file():
         try:
             data = read_json(cache_path, expect=dict)
-            arrays = [np.asarray(data[key], dtype=np.float64) for key in ("embedding_sims", "pixel_nccs",
-                                                                           "vessel_scores")]
-            if all(a.shape == (len(holdout),) and np.isfinite(a).all() for a in arrays):
+            arrays = [np.asarray(data[key], dtype=np.float64) for key in CACHED]
+            if all(a.shape == (len(holdout),) for a in arrays) and all(np.isfinite(a).all() for a in arrays[:3]):
                 return Calibration(*arrays, fp, k)
         except (OSError, ValueError, KeyError, TypeError, InputError):
             pass  # recompute a damaged cache entry
-    emb, pix, ves = [], [], []
+    emb, pix, ves, mar = [], [], [], []
     batches = [[r.path for r in holdout[i : i + batch_size]] for i in range(0, len(holdout), batch_size)]
     n_workers = auto_workers(len(holdout), workers, min_per_worker=CALIBRATION_ITEMS_PER_WORKER)
     if n_workers <= 1:
@@ -168,14 +199,17 @@ def calibrate(
     with progress.task("Calibrating on holdout", total=len(holdout)) as t:
         try:
             for rows in scored:
-                for e, p, v in rows:
+                for e, p, v, m in rows:
                     emb.append(e)
                     pix.append(p)
                     ves.append(v)
+                    mar.append(m)
                 t.advance(len(rows))
         except BrokenProcessPool as exc:
             raise IndexBuildError(f"a calibration worker process died ({exc}); nothing was kept. Run again, with "
                                   "fewer --workers if memory is short") from None
     cache_path.parent.mkdir(mode=0o700, exist_ok=True)
-    atomic_write_json(cache_path, {"embedding_sims": emb, "pixel_nccs": pix, "vessel_scores": ves}, private=True)
-    return Calibration(np.asarray(emb), np.asarray(pix), np.asarray(ves), fp, k)
+    arrays = [np.asarray(a, dtype=np.float64) for a in (emb, pix, ves, mar)]
+    entry = {key: [None if np.isnan(x) else float(x) for x in a] for key, a in zip(CACHED, arrays)}
+    atomic_write_json(cache_path, entry, private=True)  # JSON has no NaN: a missing margin is null
+    return Calibration(*arrays, fp, k)
