@@ -2,7 +2,7 @@
 worker processes, index build rate, and a projection for a SynFundus-sized audit (1 M vs 1.3 M) on this machine.
 
     .venv/bin/python bench/bench_scale.py [--train 400] [--holdout 100] [--release 256] [--size 256]
-                                          [--workers 1,2] [--build-train 1200] [--quick]
+                                          [--workers 1,2] [--build-train 1200] [--index-sizes 1000,10000] [--quick]
 
 Data: phantom patients of seed 31 (training, one visit each), seed 32 (holdout) and seed 33 (the "release":
 novel patients), written as PNG files at ``--size`` px; policy ``public`` (every per-image check).
@@ -11,6 +11,8 @@ run ``audit_release`` with a warm index (built and calibrated once before, so th
 ``--workers`` processes (and Ray actors); their steady rate counts the batches after the first one, as a large
 release sees it. The baseline is PIL decoding the same release files, measured in the same run. The index-build
 rows build and calibrate an index of ``--build-train`` other patients (seed 34) with 1 and 2 worker processes.
+The last table times every check per image (alone, in this process, on the same release images) against training
+indexes of ``--index-sizes`` other patients (seed 35): the searches grow with the index, alignment does not.
 """
 
 from __future__ import annotations
@@ -83,10 +85,12 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--build-train", type=int, default=1200, help="training images of the index-build rows (0: skip)")
     ap.add_argument("--ray", default="1,2", help="Ray actor counts to time ('' to skip)")
+    ap.add_argument("--index-sizes", type=lambda v: [int(x) for x in v.split(",") if x], default=[1000, 10_000],
+                    help="training-index sizes of the check-time rows ('' to skip; 100000 takes ~1 h to index)")
     ap.add_argument("--quick", action="store_true", help="small sets (smoke run)")
     args = ap.parse_args()
     if args.quick:
-        args.train, args.holdout, args.release, args.build_train = 60, 30, 64, 0
+        args.train, args.holdout, args.release, args.build_train, args.index_sizes = 60, 30, 64, 0, [100]
     policy = load_policy(POLICY)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -118,14 +122,9 @@ def main() -> None:
         read_s = time.perf_counter() - t0
         rows = [["read + hash + decode", f"{len(rels) / read_s:.1f}", f"{1000 * read_s / len(rels):.1f}",
                  f"{base * read_s / len(rels):.2f}"]]
-        stage_s = {}
-        for check in checks:
-            t0 = time.perf_counter()
-            for b in cands:
-                check.check_batch(b)
-            stage_s[check.name] = s = time.perf_counter() - t0
-            rows.append([check.name, f"{len(rels) / s:.1f}", f"{1000 * s / len(rels):.1f}",
-                         f"{base * s / len(rels):.2f}"])
+        stage_s = time_checks(checks, cands)
+        for name, s in stage_s.items():
+            rows.append([name, f"{len(rels) / s:.1f}", f"{1000 * s / len(rels):.1f}", f"{base * s / len(rels):.2f}"])
         total = read_s + sum(stage_s.values())
         rows.append(["sum of stages", f"{len(rels) / total:.1f}", f"{1000 * total / len(rels):.1f}",
                      f"{base * total / len(rels):.2f}"])
@@ -167,6 +166,46 @@ def main() -> None:
             jobs.append(["index 1.3 M training images", f"{1_300_000 / (n_build / min(build_s.values())) / 3600:.1f}"])
         table("Projection on this machine (best rates, linear; exact search grows with the training set, so this is a "
               "floor)", ["job", "hours"], jobs)
+        if args.index_sizes:
+            check_time_by_index_size(tmp, args, policy, cands)
+
+
+def time_checks(checks, cands: list[list]) -> dict[str, float]:
+    """Seconds each check takes alone, in this process, over the batches of candidates."""
+    out = {}
+    for check in checks:
+        t0 = time.perf_counter()
+        for b in cands:
+            check.check_batch(b)
+        out[check.name] = time.perf_counter() - t0
+    return out
+
+
+def check_time_by_index_size(tmp: Path, args: argparse.Namespace, policy, cands: list[list]) -> None:
+    """Per-image check time against training indexes of ``--index-sizes`` images (other patients, seed 35; built
+    and calibrated on all cores, searched as the library searches them: exact up to 250 000)."""
+    rows, first, names = [], None, []
+    n_img = sum(len(b) for b in cands)
+    for n in args.index_sizes:
+        t0 = time.perf_counter()
+        generate_phantom(tmp / f"train{n}", patients=n, visits=1, size=args.size, seed=35)
+        made = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        guard = prepare_guard(train_dir=tmp / f"train{n}", holdout_dir=tmp / "holdout", k=policy.memorization.k,
+                              cache_dir=tmp / f"cache{n}", workers=0)
+        built = time.perf_counter() - t0
+        checks = build_checks(policy=policy, guard=guard)  # builds (and keeps) the vessel search
+        s = time_checks(checks, cands)
+        names = list(s)
+        total = 1000 * sum(s.values()) / n_img
+        first = first or total
+        rows.append([f"{n:,}", f"{made:.0f}", f"{built:.0f}", *(f"{1000 * v / n_img:.1f}" for v in s.values()),
+                     f"{total:.1f}", f"{total / first:.2f}"])
+        del guard, checks
+    table(f"Check time per image against the size of the training index ({n_img} release images, {args.size} px, "
+          "each check alone in one process; the training images rendered, then indexed and calibrated on all cores)",
+          ["indexed", "render s", "index + calibrate s", *(f"{c} ms/img" for c in names), "all checks ms/img",
+           "vs first"], rows)
 
 
 if __name__ == "__main__":
