@@ -31,6 +31,10 @@ def test_index_kinds_and_ivf_lists():
 def test_auto_searches_exactly_up_to_exact_max_and_with_ivfpq_above():
     assert resolve_kind("auto", EXACT_MAX) == "flat" and resolve_kind("auto", EXACT_MAX + 1) == "ivfpq"
     assert resolve_kind("flat", 10 * EXACT_MAX) == "flat"  # an explicit kind is kept
+    from synfundus_guard.audit import vessel_search  # the vessel search switches lower (its exact search costs more)
+    assert vessel_search.EXACT_MAX < EXACT_MAX
+    assert resolve_kind("auto", vessel_search.EXACT_MAX, vessel_search.EXACT_MAX) == "flat"
+    assert resolve_kind("auto", vessel_search.EXACT_MAX + 1, vessel_search.EXACT_MAX) == "ivfpq"
     big = make_faiss(128, "auto", 1_000_000)
     assert isinstance(big, faiss.IndexRefineFlat) and big.k_factor == IVFPQ_K_FACTOR
     ivf = faiss.extract_index_ivf(big)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..data.fov import ORIENTATIONS, orient, rotate_scale
-from ..index.store import trained_faiss
+from ..index.store import resolve_kind, trained_faiss
 from .memorization import Retrieval, group_views
 
 DESC_SIDE = 24
@@ -34,6 +34,13 @@ VIEWS = 1
 """Views kept per candidate for the coarse verification (chosen on phantom seed 11, 100 patients: 1, 2 and 3
 views gave end-to-end AUC 0.952, 0.949 and 0.948; fewer views cost less)."""
 DESC_VERSION = f"vdesc-v1:{DESC_SIDE}:{DESC_SIGMA}:{len(VIEW_ANGLES)}x{ORIENTATIONS}"
+EXACT_MAX = 100_000
+"""Largest training set the vessel search searches exactly (``ivfpq`` above). Exact search costs linearly in the
+set, 40 query views per image: ~2.5 ms per image per 1 000 training images on 2 cores (``bench/bench_scale.py``:
+69 ms at 1 000, 92 ms at 10 000), so ~0.25 s at 100 k. At 100 k vectors ``ivfpq`` answered 4.5x faster than exact
+search at recall@10 0.9994 on the second renderer's descriptors and 0.9986 on the phantom's (0.9957 at 1 M;
+``bench/bench_search.py``, whose sets played no part in choosing its settings). The embedding index's ``auto``
+keeps :data:`~..index.store.EXACT_MAX` (250 000): ivfpq's recall on embeddings did not hold."""
 
 
 def view_params(view: int) -> tuple[int, float]:
@@ -71,14 +78,15 @@ def query_descriptors(template: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class VesselSearch:
-    """An inner-product FAISS index over the training templates' descriptors: exact up to ``EXACT_MAX`` training
-    images, ``ivfpq`` above (``kind="auto"``; why: :data:`~..index.store.INDEX_KINDS`)."""
+    """An inner-product FAISS index over the training templates' descriptors: exact up to :data:`EXACT_MAX`
+    training images, ``ivfpq`` above (``kind="auto"``; why: :data:`~..index.store.INDEX_KINDS`)."""
 
     faiss_index: faiss.Index
 
     @classmethod
     def build(cls, templates: np.ndarray, chunk: int = 2048, kind: str = "auto") -> "VesselSearch":
         n = len(templates)
+        kind = resolve_kind(kind, n, EXACT_MAX)
         index = trained_faiss(DESC_SIDE * DESC_SIDE, kind, n, rng=np.random.default_rng(0), sample=lambda rows:
                               np.concatenate([descriptors(templates[rows[i : i + chunk]])
                                               for i in range(0, len(rows), chunk)]))

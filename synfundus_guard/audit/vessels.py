@@ -33,11 +33,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ..index.store import GuardIndex
+from ..index.store import GuardIndex, resolve_kind
 from .base import Candidate, Check, Finding
 from .memorization import align_candidates
 from .pixel_match import ALIGN_VERSION, VESSEL_VERSION, AlignmentGrid, QuerySketch
-from .vessel_search import DESC_VERSION, VIEW_ANGLES, VIEWS, VesselSearch, view_params
+from .vessel_search import DESC_VERSION, EXACT_MAX, VIEW_ANGLES, VIEWS, VesselSearch, view_params
 
 SCORE_KEY = "vessels.match_score"
 MARGIN_KEY = "vessels.margin"
@@ -71,7 +71,8 @@ def vessel_search(index: GuardIndex) -> VesselSearch:
     def build(ix: GuardIndex):
         return VesselSearch.build(ix.vessels).faiss_index
 
-    return index.derived(DESC_VERSION, lambda ix: VesselSearch(ix.derived_faiss("vessel_search", DESC_VERSION, build)))
+    version = f"{DESC_VERSION}:{resolve_kind('auto', index.size, EXACT_MAX)}"
+    return index.derived(version, lambda ix: VesselSearch(ix.derived_faiss("vessel_search", version, build)))
 
 
 class VesselScore(NamedTuple):

@@ -33,9 +33,9 @@ from .store import GuardIndex, dataset_fingerprint, hash_records, load_index
 MIN_HOLDOUT = 20
 """Fewer holdout images cannot support a quantile threshold; calibration refuses them."""
 HIST_BINS = 40
+"""Bins of the holdout score histograms in the public report."""
 CACHED = ("embedding_sims", "pixel_nccs", "vessel_scores", "vessel_margins")
 """The holdout score samples a calibration cache entry holds, in :class:`Calibration`'s order."""
-"""Bins of the holdout score histograms in the public report."""
 
 
 @dataclass(frozen=True)
