@@ -50,8 +50,9 @@ from synfundus_guard.audit.vessel_search import descriptors  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.embed.base import l2_normalize  # noqa: E402
 from synfundus_guard.embed.registry import DEFAULT_SPEC, embedder_from_spec  # noqa: E402
-from synfundus_guard.index.store import (ivf_lists, ivf_nprobe, kind_of, read_faiss, resolve_kind,  # noqa: E402
-                                         set_search_params, trained_faiss)
+from synfundus_guard.audit.vessel_search import EXACT_MAX as VESSEL_EXACT_MAX  # noqa: E402
+from synfundus_guard.index.store import (EXACT_MAX, ivf_lists, ivf_nprobe, kind_of, read_faiss,  # noqa: E402
+                                         resolve_kind, set_search_params, trained_faiss)
 
 K = 10
 
@@ -129,6 +130,11 @@ def main() -> None:
         (memory_per_worker if args.workers_memory else compare_kinds)(what, vecs[what], vecs[f"{what}_other"], args)
 
 
+def auto_kind(what: str, n: int) -> str:
+    """The kind ``auto`` resolves to at ``n`` vectors for what is searched (the vessel search switches lower)."""
+    return resolve_kind("auto", n, VESSEL_EXACT_MAX if what == "vessels" else EXACT_MAX)
+
+
 def mixture_sets(base: np.ndarray, other: np.ndarray, args: argparse.Namespace) -> Iterator[tuple[int, np.ndarray,
                                                                                                  np.ndarray]]:
     """(size, indexed vectors, queries) per ``--sizes``: mixture samples like ``base``; queries also ``other``."""
@@ -169,7 +175,8 @@ def memory_per_worker(what: str, base: np.ndarray, other: np.ndarray, args: argp
     (as every worker held it when each derived its own)."""
     for n, x, q in mixture_sets(base, other, args):
         t = time.perf_counter()
-        index = trained_faiss(x.shape[1], "auto", n, sample=lambda r: x[r], rng=np.random.default_rng(0))
+        kind = auto_kind(what, n)
+        index = trained_faiss(x.shape[1], kind, n, sample=lambda r: x[r], rng=np.random.default_rng(0))
         index.add(x)
         build = time.perf_counter() - t
         rows = []
@@ -181,7 +188,7 @@ def memory_per_worker(what: str, base: np.ndarray, other: np.ndarray, args: argp
                 with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
                     done = list(pool.map(load_and_search, [path] * 2, [mapped] * 2, [q[:500]] * 2))
                 for w, (load, qps, mem) in enumerate(done):
-                    rows.append([f"{n:,}", resolve_kind("auto", n), "mapped (library)" if mapped else "in memory",
+                    rows.append([f"{n:,}", kind, "mapped (library)" if mapped else "in memory",
                                  w, f"{load:.2f}", f"{qps:,.0f}", f"{mem['anonymous']:,.0f}", f"{mem['file']:,.0f}"])
         table(f"{what}: the kept index of {n:,} {args.source} vectors (built in {build:.0f} s) in 2 worker processes "
               "(1 thread each, 500 queries)",
@@ -232,7 +239,7 @@ def compare_kinds(what: str, base: np.ndarray, other: np.ndarray, args: argparse
                 measure(hnsw, "HNSW32", f"efSearch {ef}", build)
             del hnsw
         table(f"Search over {n:,} {args.source} {what} (mixture, dim {x.shape[1]}), {len(q)} queries, k = {K}; "
-              f"kind 'auto' picks {resolve_kind('auto', n)}",
+              f"kind 'auto' picks {auto_kind(what, n)}",
               ["indexed", "index", "setting", "build s", "MiB", "queries/s", f"recall@{K}", "vs exact"],
               rows)
 
