@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import InputError, ManifestError
 
@@ -52,7 +52,13 @@ def fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename, fsync folder).
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write_with`)."""
+    atomic_write_with(path, lambda fh: fh.write(data), private=private)
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], Any], *, private: bool = False) -> None:
+    """Write ``path`` atomically with ``write(fh)`` (streaming into a temp file in the same folder, fsync, rename,
+    fsync folder); a failed write leaves nothing behind.
 
     Files get the usual permissions (0666 less the umask); ``private=True`` keeps them owner-only (0600).
     """
@@ -63,7 +69,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> Non
         with os.fdopen(fd, "wb") as fh:
             if not private:
                 os.fchmod(fh.fileno(), _FILE_MODE)
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -46,7 +46,7 @@ from ..data.images import load_image
 from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
 from ..errors import IndexBuildError, IndexMismatchError, InputError
-from ..fsutil import atomic_write_json, fsync_dir, sha256_bytes, sha256_file
+from ..fsutil import atomic_write_json, atomic_write_with, sha256_bytes, sha256_file
 from ..parallel import auto_workers, ordered_map
 from ..progress import NULL_PROGRESS, Progress
 from ..safeload import read_json
@@ -374,18 +374,9 @@ def read_faiss(path: Path) -> faiss.Index:
 
 
 def _write_faiss_atomic(index: faiss.Index, path: Path) -> None:
-    """Write ``index`` to ``path`` (0600, its folder 0700) via a temporary file renamed into place."""
+    """Write ``index`` to ``path`` (0600, its folder 0700) atomically, streamed (no copy of it in memory)."""
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        faiss.write_index(index, str(tmp))
-        os.chmod(tmp, 0o600)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    atomic_write_with(path, lambda fh: faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write)), private=True)
 
 
 def make_faiss(dim: int, kind: str, n: int) -> faiss.Index:
