@@ -135,6 +135,14 @@ def auto_kind(what: str, n: int) -> str:
     return resolve_kind("auto", n, VESSEL_EXACT_MAX if what == "vessels" else EXACT_MAX)
 
 
+def built(x: np.ndarray, kind: str) -> tuple[faiss.Index, float]:
+    """An index of ``kind`` over ``x`` as the library builds and trains it, and its build seconds."""
+    t = time.perf_counter()
+    index = trained_faiss(x.shape[1], kind, len(x), sample=lambda r: x[r], rng=np.random.default_rng(0))
+    index.add(x)
+    return index, time.perf_counter() - t
+
+
 def mixture_sets(base: np.ndarray, other: np.ndarray, args: argparse.Namespace) -> Iterator[tuple[int, np.ndarray,
                                                                                                  np.ndarray]]:
     """(size, indexed vectors, queries) per ``--sizes``: mixture samples like ``base``; queries also ``other``."""
@@ -174,11 +182,8 @@ def memory_per_worker(what: str, base: np.ndarray, other: np.ndarray, args: argp
     processes at once, memory-mapped as the library loads a kept index against read into each process's memory
     (as every worker held it when each derived its own)."""
     for n, x, q in mixture_sets(base, other, args):
-        t = time.perf_counter()
         kind = auto_kind(what, n)
-        index = trained_faiss(x.shape[1], kind, n, sample=lambda r: x[r], rng=np.random.default_rng(0))
-        index.add(x)
-        build = time.perf_counter() - t
+        index, build = built(x, kind)
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "kept.faiss")
@@ -208,24 +213,17 @@ def compare_kinds(what: str, base: np.ndarray, other: np.ndarray, args: argparse
         base_qps = qps
         del flat
 
-        def built(kind: str) -> tuple[faiss.Index, float]:
-            """An index of ``kind`` as the library builds and trains it, and its build seconds."""
-            t = time.perf_counter()
-            index = trained_faiss(x.shape[1], kind, n, sample=lambda r: x[r], rng=np.random.default_rng(0))
-            index.add(x)
-            return index, time.perf_counter() - t
-
         def measure(index: faiss.Index, name: str, setting: str, build: float) -> None:
             ids, qps = timed_search(index, q)
             rows.append([f"{n:,}", name, setting, f"{build:.1f}", f"{index_bytes(index) / 2**20:.0f}",
                          f"{qps:,.0f}", f"{recall_at_k(ids, exact):.4f}", f"{qps / base_qps:.1f}x"])
 
-        ivf, build = built("ivf")
+        ivf, build = built(x, "ivf")
         for nprobe in (16, 32, 64, 128):
             ivf.nprobe = nprobe
             measure(ivf, f"IVF{ivf.nlist},Flat", f"nprobe {nprobe}", build)
         del ivf
-        ivfpq, build = built("ivfpq")  # re-ranks 16 k candidates exactly
+        ivfpq, build = built(x, "ivfpq")  # re-ranks 16 k candidates exactly
         lists = ivf_lists(n, "ivfpq")
         for nprobe in sorted({lists // 10, ivf_nprobe("ivfpq", lists), lists // 4}):
             faiss.extract_index_ivf(ivfpq).nprobe = nprobe
@@ -233,7 +231,7 @@ def compare_kinds(what: str, base: np.ndarray, other: np.ndarray, args: argparse
             measure(ivfpq, f"IVF{lists},PQ{x.shape[1]}x4fs,RFlat", f"nprobe {nprobe}{mark}", build)
         del ivfpq
         if n <= args.hnsw_max:
-            hnsw, build = built("hnsw")  # M 32, efConstruction 80
+            hnsw, build = built(x, "hnsw")  # M 32, efConstruction 80
             for ef in (64, 128, 256):
                 hnsw.hnsw.efSearch = ef
                 measure(hnsw, "HNSW32", f"efSearch {ef}", build)
