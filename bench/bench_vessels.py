@@ -23,9 +23,12 @@ recall (true patient among the vessel search's candidates; flagged on the true p
 by each check; caught by either), the share of new patients flagged, and a baseline in the same run with one part of
 the check switched off (``--baseline``): ``margin`` (default), the score rule alone at the policy's quantile, as the
 check was before its margin rule; ``lesions``, no lesion suppression
-(:func:`~synfundus_guard.audit.pixel_match.suppress_lesions` replaced by the identity). The suppression's
-parameters were chosen on phantom seed 7, the margin rule on phantom seed 41 and second-renderer seed 61; the
-default seeds here played no part in either.
+(:func:`~synfundus_guard.audit.pixel_match.suppress_lesions` replaced by the identity). Every row also runs the
+vessels check with every candidate of every image refined (the full path) on the same images, and counts the
+images it flags that the check's first pass cleared (:data:`~synfundus_guard.audit.vessels.FIRST_PASS`), the
+vessels verdicts that differ, and both paths' time per image (new patients, revisits; each pays the per-image work
+the checks share). The suppression's parameters were chosen on phantom seed 7, the margin rule and the first pass
+on phantom seed 41 and second-renderer seed 61; the default seeds here played no part in any.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from synfundus_guard.audit.pixel_match import QuerySketch, make_sketch  # noqa: 
 from synfundus_guard.audit.runner import build_checks, prepare_guard  # noqa: E402
 from synfundus_guard.audit.vessels import CANDIDATES, VesselCheck, vessel_scores, vessel_search  # noqa: E402
 from synfundus_guard.data.folder import write_image_folder  # noqa: E402
-from synfundus_guard.data.fov import resize_image  # noqa: E402
+from synfundus_guard.data.fov import detect_fov, resize_image  # noqa: E402
 from synfundus_guard.data.perturb import random_copy  # noqa: E402
 from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E402
 from synfundus_guard.index.calibrate import Calibration  # noqa: E402
@@ -144,22 +147,41 @@ def revisit_row(source: str, seed: int, size: int, n: int, holdout: int, tmp: Pa
     pid = [r["patient_id"] for r in guard.index.records]
     search = vessel_search(guard.index)
 
-    def run(img: np.ndarray) -> tuple[bool, bool, str | None, list[str]]:
-        c = [Candidate(file_name="x", image=img)]
-        fv, fm = ves.check_batch(c)[0], memo.check_batch(c)[0]
-        retrieved = search.retrieve([QuerySketch(img, kind="vessel").template()], k=CANDIDATES)[0]
-        return fv.flagged, fm.flagged, fv.private["matched_patient_id"], [pid[j] for j, _ in retrieved.candidates]
+    full = VesselCheck(index=guard.index, threshold=ves.threshold, margin_threshold=ves.margin_threshold,
+                       first_pass=False)  # every candidate of every image refined
+    spent = {(path, group): 0.0 for path in ("first pass", "full") for group in ("revisit", "new")}
 
-    pos = [(p, run(_render(source, seed, p, v, size))) for v in (1, 2) for p in range(n)]
-    neg = [run(_render(source, seed + 2000, p, v, size)) for v in (0, 1) for p in range(n // 2)]
-    retrieved = np.array([f"P{p}" in cands for p, (_, _, _, cands) in pos])
-    true_above = np.array([f and m == f"P{p}" for p, (f, _, m, _) in pos])  # flagged on the true patient
+    def timed(check: VesselCheck, path: str, group: str, c: list[Candidate]):
+        detect_fov.cache_clear()  # each path pays the per-image work the checks share
+        pixel_match._equalised.cache_clear()
+        t = time.perf_counter()
+        out = check.check_batch(c)[0]
+        spent[path, group] += time.perf_counter() - t
+        return out
+
+    def run(img: np.ndarray, group: str) -> tuple[bool, bool, str | None, list[str], bool]:
+        c = [Candidate(file_name="x", image=img)]
+        fv, fm, ff = timed(ves, "first pass", group, c), memo.check_batch(c)[0], timed(full, "full", group, c)
+        retrieved = search.retrieve([QuerySketch(img, kind="vessel").template()], k=CANDIDATES)[0]
+        return (fv.flagged, fm.flagged, fv.private["matched_patient_id"], [pid[j] for j, _ in retrieved.candidates],
+                ff.flagged)
+
+    pos = [(p, run(_render(source, seed, p, v, size), "revisit")) for v in (1, 2) for p in range(n)]
+    neg = [run(_render(source, seed + 2000, p, v, size), "new") for v in (0, 1) for p in range(n // 2)]
+    retrieved = np.array([f"P{p}" in cands for p, (_, _, _, cands, _) in pos])
+    true_above = np.array([f and m == f"P{p}" for p, (f, _, m, _, _) in pos])  # flagged on the true patient
     vf, mf = np.array([r[0] for _, r in pos]), np.array([r[1] for _, r in pos])
     nf = np.array([r[0] or r[1] for r in neg])
+    both = [r for _, r in pos] + neg
+    full_flags = sum(r[4] for r in both)
+    cleared = sum(r[4] and not r[0] for r in both)  # flagged by the full path, cleared by the first pass
     return [f"{np.mean(retrieved):.1%}", f"{np.sum(true_above & retrieved) / max(retrieved.sum(), 1):.1%}",
             f"{vf.mean():.1%}", f"{mf.mean():.1%}", f"{np.mean(vf | mf):.1%} ({np.sum(vf | mf)}/{len(pos)})",
             f"{nf.mean():.1%} ({nf.sum()}/{len(neg)})",
             f"{ves.threshold:.3f} / " + ("-" if ves.margin_threshold is None else f"{ves.margin_threshold:.3f}"),
+            f"{cleared}/{full_flags}", f"{sum(r[0] != r[4] for r in both)}",
+            *(f"{1000 * spent['first pass', g] / k:.1f} / {1000 * spent['full', g] / k:.1f}"
+              for g, k in (("new", len(neg)), ("revisit", len(pos)))),
             f"{time.perf_counter() - t0:.0f}"]
 
 
@@ -174,10 +196,10 @@ then holds its score to the policy's quantile, as before the rule), or the vesse
 
 def bench_revisits(args: argparse.Namespace) -> None:
     rows = []
-    name, switch_off = BASELINES[args.baseline]
+    name, switch_off = BASELINES.get(args.baseline, ("", None))
     for source, seed in (("phantom", args.seed), ("second renderer", args.alt_seed)):
         for size in args.revisit_sizes:
-            for variant in ("the check", f"baseline: {name}"):
+            for variant in ("the check", *([f"baseline: {name}"] if switch_off else [])):
                 with tempfile.TemporaryDirectory(prefix="bench-revisits-") as tmp, \
                         (switch_off() if "baseline" in variant else contextlib.nullcontext()):
                     row = revisit_row(source, seed, size, args.revisit_patients, args.holdout_patients, Path(tmp))
@@ -185,7 +207,9 @@ def bench_revisits(args: argparse.Namespace) -> None:
     table(f"Revisits end to end (public policy): visits 1-2 of {args.revisit_patients} indexed patients, "
           f"{args.revisit_patients} images of new patients; candidates = top {CANDIDATES} of the vessel search",
           ["source", "px", "variant", "retrieved", "flagged on it | retrieved", "vessels flag", "memorization flag",
-           "caught", "new patients flagged", "threshold (score / margin)", "s"], rows)
+           "caught", "new patients flagged", "threshold (score / margin)", "full-path flags cleared by first pass",
+           "vessel verdicts differing", "vessels ms/img, new patients (check / full path)", "same, revisits", "s"],
+          rows)
 
 
 def main() -> None:
@@ -200,8 +224,9 @@ def main() -> None:
     ap.add_argument("--revisit-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[256, 128])
     ap.add_argument("--alt-seed", type=int, default=23)
     ap.add_argument("--only", choices=["revisits"], help="run only this section")
-    ap.add_argument("--baseline", choices=list(BASELINES), default="margin",
-                    help="what the revisit rows' baseline switches off (default: the margin rule)")
+    ap.add_argument("--baseline", choices=[*BASELINES, "none"], default="margin",
+                    help="what the revisit rows' baseline switches off (default: the margin rule; none: no baseline "
+                         "rows, the full path's columns remain)")
     args = ap.parse_args()
     if args.only == "revisits":
         bench_revisits(args)

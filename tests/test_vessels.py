@@ -251,6 +251,32 @@ def test_a_damaged_or_unwritable_kept_vessel_search_is_rebuilt(guard, tmp_path, 
     assert not list((folder / "derived").iterdir())
 
 
+def test_first_pass_clears_what_it_does_not_flag_and_the_full_path_decides_the_rest(guard):
+    """The check refines 3 candidate-views first: an image that flags nothing there keeps those scores (a match
+    score at most the full path's); an image they flag has every candidate refined and ends with exactly the full
+    path's scores and reasons. Either way, the decisions are the full path's on these images."""
+    calibrated = next(c for c in build_checks(policy=load_policy("public"), guard=guard) if isinstance(c, VesselCheck))
+    assert calibrated.first_pass and calibrated.fingerprint()["first_pass"]
+    full = VesselCheck(index=guard.index, threshold=calibrated.threshold,
+                       margin_threshold=calibrated.margin_threshold, first_pass=False)
+    assert full.fingerprint()["first_pass"] is None
+    revisits = [render_visit(PhantomPatient.from_seed(SEED, p), visit=1, size=SIZE, seed=SEED)[0] for p in range(4)]
+    novel = [render_visit(PhantomPatient.from_seed(SEED + 7, p), visit=1, size=SIZE, seed=SEED + 7)[0]
+             for p in range(6)]
+    batch = [Candidate(f"x{i}.png", im) for i, im in enumerate(revisits + novel)]
+    cascaded, in_full = calibrated.check_batch(batch), full.check_batch(batch)
+    assert [f.flagged for f in cascaded] == [f.flagged for f in in_full] == [True] * 4 + [False] * 6
+    assert all(f.private["every_candidate_refined"] for f in in_full)
+    for c, f in zip(cascaded, in_full):
+        if c.flagged:
+            assert c.private["every_candidate_refined"]
+            assert (c.scores, c.reasons, c.private) == (f.scores, f.reasons, f.private)
+        else:
+            assert not c.private["every_candidate_refined"]  # cleared by the first pass
+            assert c.scores[SCORE_KEY] <= f.scores[SCORE_KEY]
+    assert not any(c.private["every_candidate_refined"] for c in cascaded[4:])
+
+
 def test_margin_rule_flags_revisits_on_its_own_and_not_new_patients(guard):
     """The margin (match score less the best score of another patient's candidate) has its own holdout threshold:
     with the score rule out of reach, it still flags another visit of training patients, and no new patient."""

@@ -94,18 +94,36 @@ class Alignment(NamedTuple):
     per_candidate: dict[int, float]
 
 
-def align_candidates(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
-                     view_params: Callable[[int], tuple[int, float | None]], refine: int | None = None,
-                     extra_views: Sequence[int] = (), refine_each: bool = False) -> Alignment:
-    """Aligned correlation of ``query`` with the retrieved candidates' ``templates``.
+class CoarsePass(NamedTuple):
+    """The coarse pass of :func:`align_candidates` over one query's candidates: translation-only scores of every
+    candidate-view, best first, which :func:`refine_pass` refines."""
 
-    A coarse pass scores every candidate at the views that matched it, plus ``extra_views`` (translation
-    only; ``view_params`` maps a view to its orientation and rotation, ``None`` when the retrieval cannot tell);
-    the full rotation and scale grid then refines the ``refine`` (default :data:`REFINE`) most promising
-    candidate-views, and with ``refine_each`` also every other candidate's best view (so that each candidate's
-    score is a refined one).
-    """
-    refine = REFINE if refine is None else refine
+    order: list[int]
+    """Candidate training indices; a pair's first element is a slot in this list."""
+    spectra: np.ndarray
+    """The candidates' :func:`~.pixel_match.sketch_spectra`, in ``order``."""
+    ranked: list[tuple[tuple[float, dict[str, float]], tuple[int, int, float]]]
+    """((score, transform), (slot, orientation, angle)) of every candidate-view, best first."""
+
+    def per_slot(self) -> dict[int, float]:
+        """Each candidate's (slot's) best coarse score."""
+        out: dict[int, float] = {}
+        for (score, _), (slot, _, _) in self.ranked:
+            out.setdefault(slot, score)  # best first
+        return out
+
+    def alignment(self) -> Alignment:
+        """The coarse pass's own result: its best candidate-view and each candidate's best coarse score."""
+        (score, t), (slot, _, _) = self.ranked[0]
+        return Alignment(score, self.order[slot], t, {self.order[s]: v for s, v in self.per_slot().items()})
+
+
+def coarse_pass(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
+                view_params: Callable[[int], tuple[int, float | None]],
+                extra_views: Sequence[int] = ()) -> CoarsePass | None:
+    """Translation-only scores of every retrieved candidate at the views that matched it, plus ``extra_views``
+    (``view_params`` maps a view to its orientation and rotation, ``None`` when the retrieval cannot tell);
+    ``None`` when there is no candidate."""
     order = list(dict.fromkeys(j for j, _ in retrieval.candidates))  # each candidate's templates, once
     slots = {j: slot for slot, j in enumerate(order)}
     pairs = []
@@ -114,25 +132,51 @@ def align_candidates(query: QuerySketch, retrieval: Retrieval, templates: np.nda
             orientation, angle = view_params(view)
             pairs += [(slots[j], orientation, a) for a in (COARSE_ANGLES if angle is None else (angle,))]
     if not pairs:
-        return Alignment(-1.0, -1, {}, {})
+        return None
     spectra = sketch_spectra(np.stack([np.asarray(templates[j]) for j in order]))
-    coarse = sorted(zip(query.score_many(spectra, pairs, grid=COARSE), pairs), key=lambda c: -c[0][0])
-    per_slot: dict[int, float] = {}
-    for (score, _), (slot, _, _) in coarse:
-        per_slot.setdefault(slot, score)  # best first
-    (best_score, best_t), (slot, _, _) = coarse[0]
-    best_j = order[slot]
-    top = [pair for _, pair in coarse[:refine]]
+    ranked = sorted(zip(query.score_many(spectra, pairs, grid=COARSE), pairs), key=lambda c: -c[0][0])
+    return CoarsePass(order, spectra, ranked)
+
+
+def refine_pairs(coarse: CoarsePass, refine: int | None = None, refine_each: bool = False) -> list[tuple]:
+    """The candidate-views :func:`refine_pass` refines: the ``refine`` (default :data:`REFINE`) best of the coarse
+    pass, and with ``refine_each`` also every other candidate's best view (so that each candidate's score is a
+    refined one)."""
+    top = [pair for _, pair in coarse.ranked[: REFINE if refine is None else refine]]
     if refine_each:
-        firsts = {}
-        for _, pair in coarse:
+        firsts: dict[int, tuple] = {}
+        for _, pair in coarse.ranked:
             firsts.setdefault(pair[0], pair)
         top += [pair for pair in firsts.values() if pair not in top]
-    for (score, t), (slot, _, _) in zip(query.score_many(spectra, top), top):
+    return top
+
+
+def refine_pass(query: QuerySketch, coarse: CoarsePass, pairs: Sequence[tuple],
+                start: Alignment | None = None) -> Alignment:
+    """``start`` (default: the coarse pass's own result) with the candidate-views ``pairs`` (of
+    :func:`refine_pairs`) aligned over the full rotation and scale grid. Refined scores only add to the coarse
+    ones: the grid includes the coarse transform. Refining pairs in two calls gives what one call over both
+    gives."""
+    start = start or coarse.alignment()
+    slots = {j: slot for slot, j in enumerate(coarse.order)}
+    per_slot = {slots[j]: s for j, s in start.per_candidate.items()}
+    best_score, best_j, best_t = start.score, start.best, start.transform
+    for (score, t), (slot, _, _) in zip(query.score_many(coarse.spectra, pairs), pairs):
         per_slot[slot] = max(per_slot[slot], score)
         if score > best_score:
-            best_score, best_j, best_t = score, order[slot], t
-    return Alignment(best_score, best_j, best_t, {order[slot]: s for slot, s in per_slot.items()})
+            best_score, best_j, best_t = score, coarse.order[slot], t
+    return Alignment(best_score, best_j, best_t, {coarse.order[slot]: s for slot, s in per_slot.items()})
+
+
+def align_candidates(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
+                     view_params: Callable[[int], tuple[int, float | None]], refine: int | None = None,
+                     extra_views: Sequence[int] = (), refine_each: bool = False) -> Alignment:
+    """Aligned correlation of ``query`` with the retrieved candidates' ``templates``: :func:`coarse_pass`, then
+    :func:`refine_pass` of its :func:`refine_pairs`."""
+    coarse = coarse_pass(query, retrieval, templates, view_params=view_params, extra_views=extra_views)
+    if coarse is None:
+        return Alignment(-1.0, -1, {}, {})
+    return refine_pass(query, coarse, refine_pairs(coarse, refine, refine_each))
 
 
 def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, *,
