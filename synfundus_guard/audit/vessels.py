@@ -44,8 +44,15 @@ from .vessel_search import DESC_VERSION, EXACT_MAX, VIEW_ANGLES, VIEWS, VesselSe
 
 SCORE_KEY = "vessels.match_score"
 MARGIN_KEY = "vessels.margin"
-CANDIDATES = 10
-"""Training images retrieved per query."""
+CANDIDATES = 30
+"""Training images retrieved per query. On the second renderer the true patient of 10-15 % of revisits was not
+among 10; the first pass (:data:`FIRST_PASS`) made more of them cheap: a coarse translation-only score each, and
+the full alignment of all of them only for an image the first pass flags. Chosen on phantom seed 41 and
+second-renderer seed 61 (80 patients, 128 and 256 px): revisits caught with 10, 20 and 30 candidates 572, 579 and
+585 of 640, no new patient flagged. Validated (``bench/bench_vessels.py --only revisits``, 120 patients, seeds 3/23
+and 13/97, 1 920 revisits and 960 new-patient images): 10 -> 30 candidates, 1 645 -> 1 728 caught (85.7 ->
+90.0 %; second renderer at 256 px 80.0 -> 85.0 % and 80.4 -> 89.6 %), new patients flagged 0 -> 0. Cost: a new
+patient's image 16-20 -> 20-24 ms (first pass, 256 and 128 px)."""
 REFINE = 3
 """Candidate-views aligned over the full rotation and scale grid (phantom seed 11, 100 patients, 3 views per
 candidate: refining 3 gave end-to-end AUC 0.948, all 20 0.948, at 47 vs 100 ms per 256 px image)."""
@@ -74,12 +81,14 @@ always scored in full). Refining a candidate can only raise its score, so the fi
 full one and, while the best candidate stays the same, its margin at least the full one: an image the full path
 flags is cleared only where refining another candidate overtakes the best.
 
-Chosen on second-renderer seed 61 and phantom seed 41 (80 patients, 128 and 256 px, 100 holdout images): of the 552
-revisits the full path flags there, the first pass cleared none, and it flagged 4 images the full path does not
-(which then go the full path); a coarse-only first pass (no refinement) would have cleared 8-43 % of them at the
-rules' thresholds, 3-31 % at 0.04 below them. Validated on other seeds by ``bench/bench_vessels.py --only
-revisits``, which runs the full path on the same images. On a clean release nearly every image stops at the first
-pass: 3 refined candidate-views instead of 13."""
+Chosen on second-renderer seed 61 and phantom seed 41 (80 patients, 128 and 256 px, 100 holdout images, 10
+candidates): of the 552 revisits the full path flags there, the first pass cleared none, and it flagged 4 images
+the full path does not (which then go the full path); a coarse-only first pass (no refinement) would have cleared
+8-43 % of them at the rules' thresholds, 3-31 % at 0.04 below them. ``bench/bench_vessels.py --only revisits`` runs
+the full path on the same images: with 10 candidates, seeds 3/23 and 13/97 (2 880 images), no verdict differed;
+with 30, 2 of the 1 667 images the full path flags were cleared (second renderer, 128 px), none on the tuning
+seeds. On a clean release nearly every image stops at the first pass: 3 candidate-views aligned in full instead
+of one per candidate (the full path's 30 ms per 256 px image at 10 candidates, 60 ms at 30)."""
 FIRST_PASS_VERSION = f"refine{FIRST_PASS}"
 
 
