@@ -131,8 +131,7 @@ def main() -> None:
         rows.append(["sum of stages", f"{len(rels) / total:.1f}", f"{1000 * total / len(rels):.1f}",
                      f"{base * total / len(rels):.2f}"])
         ves = next(c for c in checks if isinstance(c, VesselCheck))
-        full = VesselCheck(index=ves.index, threshold=ves.threshold, margin_threshold=ves.margin_threshold,
-                           first_pass=False)
+        full = ves.full_path()
         s = time_checks([full], cands)[full.name]
         rows.append(["(baseline) vessels, every candidate refined", f"{len(rels) / s:.1f}",
                      f"{1000 * s / len(rels):.1f}", f"{base * s / len(rels):.2f}"])

@@ -147,8 +147,7 @@ def revisit_row(source: str, seed: int, size: int, n: int, holdout: int, tmp: Pa
     pid = [r["patient_id"] for r in guard.index.records]
     search = vessel_search(guard.index)
 
-    full = VesselCheck(index=guard.index, threshold=ves.threshold, margin_threshold=ves.margin_threshold,
-                       first_pass=False)  # every candidate of every image refined
+    full = ves.full_path()  # every candidate of every image refined
     spent = {(path, group): 0.0 for path in ("first pass", "full") for group in ("revisit", "new")}
 
     def timed(check: VesselCheck, path: str, group: str, c: list[Candidate]):

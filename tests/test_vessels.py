@@ -257,8 +257,7 @@ def test_first_pass_clears_what_it_does_not_flag_and_the_full_path_decides_the_r
     path's scores and reasons. Either way, the decisions are the full path's on these images."""
     calibrated = next(c for c in build_checks(policy=load_policy("public"), guard=guard) if isinstance(c, VesselCheck))
     assert calibrated.first_pass and calibrated.fingerprint()["first_pass"]
-    full = VesselCheck(index=guard.index, threshold=calibrated.threshold,
-                       margin_threshold=calibrated.margin_threshold, first_pass=False)
+    full = calibrated.full_path()
     assert full.fingerprint()["first_pass"] is None
     revisits = [render_visit(PhantomPatient.from_seed(SEED, p), visit=1, size=SIZE, seed=SEED)[0] for p in range(4)]
     novel = [render_visit(PhantomPatient.from_seed(SEED + 7, p), visit=1, size=SIZE, seed=SEED + 7)[0]

@@ -32,6 +32,7 @@ they flag has every other candidate refined; most images of a release stop there
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -175,6 +176,13 @@ class VesselCheck(Check):
         """``None``: the margin rule is off (the holdout had no margins: fewer than two patients indexed)."""
         self.calibration_info = calibration_info or {}
         vessel_search(index)  # built (and kept in the index folder) here, before any worker process needs it
+
+    def full_path(self) -> "VesselCheck":
+        """This check, calibrated as it is, with every candidate of every image refined (no first pass): the
+        baseline its first pass is measured against."""
+        out = copy.copy(self)
+        out.first_pass = False
+        return out
 
     def fingerprint(self) -> dict:
         return {"name": self.name, "match": MATCH_VERSION, "threshold": self.threshold,
