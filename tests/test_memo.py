@@ -52,3 +52,23 @@ def test_cached_fov_and_equalisation_equal_the_computation() -> None:
     eq, disc = _equalised(img)
     ref, ref_disc = _equalised.__wrapped__(img)
     assert disc == ref_disc and np.array_equal(eq, ref) and not eq.flags.writeable
+
+
+def test_refine_pairs_adds_the_best_view_of_the_first_retrieved_candidates():
+    """The pairs to refine: the best candidate-views of the coarse pass, then (each once) the best view of the
+    candidates the search retrieved first, which a translation-only score can rank low; ``refine_each`` gives every
+    candidate's best view."""
+    from synfundus_guard.audit.memorization import CoarsePass, refine_pairs
+
+    # slots are retrieval order; slot 4 holds the 3 best views, slot 0 (retrieved first) ranks last
+    ranked = [((s, {}), pair) for s, pair in [
+        (0.9, (4, 0, 0.0)), (0.8, (4, 1, 0.0)), (0.7, (4, 0, 6.0)), (0.6, (3, 0, 0.0)), (0.5, (2, 0, 0.0)),
+        (0.4, (1, 0, 0.0)), (0.35, (3, 1, 0.0)), (0.3, (0, 2, 0.0)), (0.2, (0, 0, 0.0))]]
+    coarse = CoarsePass(order=[10, 11, 12, 13, 14], spectra=np.zeros((5, 1)), ranked=ranked)
+    top3 = [(4, 0, 0.0), (4, 1, 0.0), (4, 0, 6.0)]
+    assert refine_pairs(coarse, 3) == top3
+    assert refine_pairs(coarse, 3, first_retrieved=2) == top3 + [(0, 2, 0.0), (1, 0, 0.0)]
+    assert refine_pairs(coarse, 3, refine_each=True) == top3 + [(3, 0, 0.0), (2, 0, 0.0), (1, 0, 0.0), (0, 2, 0.0)]
+    # a first-retrieved candidate whose best view is already among the best is refined once
+    assert refine_pairs(coarse, 1, first_retrieved=9) == [(4, 0, 0.0), (0, 2, 0.0), (1, 0, 0.0), (2, 0, 0.0),
+                                                          (3, 0, 0.0)]

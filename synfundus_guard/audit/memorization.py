@@ -138,16 +138,18 @@ def coarse_pass(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray,
     return CoarsePass(order, spectra, ranked)
 
 
-def refine_pairs(coarse: CoarsePass, refine: int | None = None, refine_each: bool = False) -> list[tuple]:
+def refine_pairs(coarse: CoarsePass, refine: int | None = None, refine_each: bool = False, *,
+                 first_retrieved: int = 0) -> list[tuple]:
     """The candidate-views :func:`refine_pass` refines: the ``refine`` (default :data:`REFINE`) best of the coarse
-    pass, and with ``refine_each`` also every other candidate's best view (so that each candidate's score is a
-    refined one)."""
+    pass; then the best view of each of the ``first_retrieved`` candidates the search put first (a translation-only
+    score misranks a candidate whose match needs a rotation or scale, the search's order does not); with
+    ``refine_each`` the best view of every candidate (so that each candidate's score is a refined one)."""
     top = [pair for _, pair in coarse.ranked[: REFINE if refine is None else refine]]
-    if refine_each:
-        firsts: dict[int, tuple] = {}
-        for _, pair in coarse.ranked:
-            firsts.setdefault(pair[0], pair)
-        top += [pair for pair in firsts.values() if pair not in top]
+    firsts: dict[int, tuple] = {}
+    for _, pair in coarse.ranked:
+        firsts.setdefault(pair[0], pair)  # each slot's best view, best slot first
+    extra = list(firsts.values()) if refine_each else [firsts[s] for s in range(first_retrieved) if s in firsts]
+    top += [pair for pair in extra if pair not in top]
     return top
 
 
