@@ -276,6 +276,23 @@ def test_first_pass_clears_what_it_does_not_flag_and_the_full_path_decides_the_r
     assert not any(c.private["every_candidate_refined"] for c in cascaded[4:])
 
 
+def test_a_policy_can_turn_the_first_pass_off(guard):
+    """``identity.vessels.first_pass: false`` aligns every candidate of every image (the check's fingerprint says
+    so, so a cached audit under the other setting is not reused); a wrong type is a policy error."""
+    from synfundus_guard.errors import PolicyError
+    from synfundus_guard.policies.schema import parse_policy
+
+    text = "name: exhaustive\nidentity:\n  vessels: {enabled: true, action: block, quantile: 0.999, first_pass: %s}\n"
+    policy = parse_policy(text % "false")
+    assert policy.identity.vessels.first_pass is False and parse_policy(text % "true").identity.vessels.first_pass
+    check = next(c for c in build_checks(policy=policy, guard=guard) if isinstance(c, VesselCheck))
+    assert not check.first_pass and check.fingerprint()["first_pass"] is None
+    novel = render_visit(PhantomPatient.from_seed(SEED + 7, 0), visit=1, size=SIZE, seed=SEED + 7)[0]
+    assert check.check_batch([Candidate("n.png", novel)])[0].private["every_candidate_refined"]
+    with pytest.raises(PolicyError, match="first_pass: expected bool"):
+        parse_policy(text % "'no'")
+
+
 def test_margin_rule_flags_revisits_on_its_own_and_not_new_patients(guard):
     """The margin (match score less the best score of another patient's candidate) has its own holdout threshold:
     with the score rule out of reach, it still flags another visit of training patients, and no new patient."""

@@ -201,7 +201,8 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
         checks.append(VesselCheck(index=guard.index, threshold=cal.threshold(cal.vessel_scores, q),
                                   margin_threshold=margin,
                                   calibration_info={"quantile": vp.quantile, "rule_quantile": q,
-                                                    "n_holdout": int(len(cal.vessel_scores))}))
+                                                    "n_holdout": int(len(cal.vessel_scores))},
+                                  first_pass=getattr(vp, "first_pass", True)))  # a plain FilterPolicy: on
     summary = guard.calibration.summary() if checks and guard is not None else {}
     for check in checks:  # the calibrated checks carry the holdout distributions their thresholds come from
         check.calibration = summary
