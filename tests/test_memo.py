@@ -72,3 +72,20 @@ def test_refine_pairs_adds_the_best_view_of_the_first_retrieved_candidates():
     # a first-retrieved candidate whose best view is already among the best is refined once
     assert refine_pairs(coarse, 1, first_retrieved=9) == [(4, 0, 0.0), (0, 2, 0.0), (1, 0, 0.0), (2, 0, 0.0),
                                                           (3, 0, 0.0)]
+
+
+@pytest.mark.parametrize("m", [8, 16])
+def test_shift_window_is_the_inverse_fft_at_the_searched_shifts(m):
+    """The correlation window by matrix products equals the full inverse real FFT cut to shifts -m..m."""
+    from scipy import fft as sfft
+
+    from synfundus_guard.audit.pixel_match import SKETCH_SIDE, shift_window
+
+    rng = np.random.default_rng(m)
+    a, b = (rng.normal(size=(5, SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32) for _ in range(2))
+    products = sfft.rfft2(a) * np.conj(sfft.rfft2(b))
+    wrapped = np.r_[SKETCH_SIDE - m: SKETCH_SIDE, 0: m + 1]
+    full = sfft.irfft2(products, s=(SKETCH_SIDE, SKETCH_SIDE))[:, wrapped][:, :, wrapped]
+    window = shift_window(products, m)
+    assert window.shape == (5, 2 * m + 1, 2 * m + 1)
+    assert np.abs(window - full).max() <= 1e-6 * np.abs(full).max()
