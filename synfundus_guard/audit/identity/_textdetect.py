@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 
 from ...data.fov import resize_image
 
@@ -71,7 +70,8 @@ class TextRow:
 def noise_sigma(channel: np.ndarray) -> float:
     """Robust noise estimate (Immerkaer's Laplacian, median-based) over the lit part of a channel."""
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
-    resp = np.abs(ndi.convolve(channel, kernel, mode="nearest"))
+    # = scipy.ndimage.convolve(channel, kernel, mode="nearest") (a symmetric kernel) within float rounding, 20x faster
+    resp = np.abs(cv2.filter2D(np.asarray(channel, dtype=np.float32), -1, kernel, borderType=cv2.BORDER_REPLICATE))
     lit = channel > 0.03
     if lit.sum() < 100:
         return 0.0
