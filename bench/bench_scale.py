@@ -38,6 +38,7 @@ from synfundus_guard.data.phantom import generate_phantom  # noqa: E402
 from synfundus_guard.data.images import list_images  # noqa: E402
 from synfundus_guard.policies import load_policy  # noqa: E402
 from synfundus_guard.progress import Progress, ProgressTask  # noqa: E402
+from synfundus_guard.parallel import single_thread_blas  # noqa: E402
 
 POLICY = "public"
 
@@ -157,13 +158,15 @@ def main() -> None:
             verdicts.add(tuple((i.file_name, i.verdict, tuple(i.reasons)) for i in res.report.images))
             rows.append([engine, w, f"{s:.1f}", f"{rate:.2f}", f"{steady:.2f}", f"{base / steady:.0f}x",
                          f"{steady / first[engine]:.2f}", res.verdict.verdict, res.report.summary["n_fail"]])
-        table(f"End-to-end audit_release (warm index), {len(rels)} images at {args.size} px. img/s: the whole call "
-              "(index load, worker start-up, membership tests, report); steady: batches after the first one, what a "
-              f"large release sees. Identical per-image verdicts across runs: {len(verdicts) == 1}",
-              ["engine", "workers", "s", "img/s", "steady img/s", "vs decode", "speed-up", "verdict",
-               "failed images"], rows)
-        best = max(float(r[4]) for r in rows)
-        jobs = [["audit 1 M release images", f"{1_000_000 / best / 3600:.1f}"]]
+        jobs = []
+        if rows:  # --workers '' --ray '': no end-to-end runs
+            table(f"End-to-end audit_release (warm index), {len(rels)} images at {args.size} px. img/s: the whole "
+                  "call (index load, worker start-up, membership tests, report); steady: batches after the first one, "
+                  f"what a large release sees. Identical per-image verdicts across runs: {len(verdicts) == 1}",
+                  ["engine", "workers", "s", "img/s", "steady img/s", "vs decode", "speed-up", "verdict",
+                   "failed images"], rows)
+            best = max(float(r[4]) for r in rows)
+            jobs.append(["audit 1 M release images", f"{1_000_000 / best / 3600:.1f}"])
         if build_s:
             n_build = args.build_train + args.holdout
             table("Index build + holdout calibration (cold cache, incl. hashing and worker start-up)",
@@ -171,20 +174,24 @@ def main() -> None:
                   [[n_build, w, f"{build_s[w]:.1f}", f"{n_build / build_s[w]:.1f}",
                     f"{build_s[1] / build_s[w]:.2f}"] for w in (1, 2)])
             jobs.append(["index 1.3 M training images", f"{1_300_000 / (n_build / min(build_s.values())) / 3600:.1f}"])
-        table("Projection on this machine (best rates, linear; exact search grows with the training set, so this is a "
-              "floor)", ["job", "hours"], jobs)
+        if jobs:
+            table("Projection on this machine (best rates, linear; exact search grows with the training set, so this "
+                  "is a floor)", ["job", "hours"], jobs)
         if args.index_sizes:
             check_time_by_index_size(tmp, args, policy, cands)
 
 
 def time_checks(checks, cands: list[list]) -> dict[str, float]:
-    """Seconds each check takes alone, in this process, over the batches of candidates."""
+    """Seconds each check takes alone, in this process, over the batches of candidates, with numpy's BLAS on one
+    thread as :func:`~synfundus_guard.audit.base.run_checks` runs them (its idle threads otherwise cost the
+    alignment's small matrix products more than they save)."""
     out = {}
-    for check in checks:
-        t0 = time.perf_counter()
-        for b in cands:
-            check.check_batch(b)
-        out[check.name] = time.perf_counter() - t0
+    with single_thread_blas():
+        for check in checks:
+            t0 = time.perf_counter()
+            for b in cands:
+                check.check_batch(b)
+            out[check.name] = time.perf_counter() - t0
     return out
 
 
