@@ -258,7 +258,10 @@ def detect_text(image: np.ndarray, options: TextOptions = TextOptions()) -> list
         for polarity in ("light", "dark"):
             resp = top_hat(chan, options.footprint, polarity)
             floor = options.noise_factor * sigma
+            peak = float(resp.max())
             for level in levels:
+                if level > peak:  # nothing reaches this level: no component, no row
+                    continue
                 comps = _components(resp >= level)
                 directions = [vertical for vertical in (False, True)[: 1 + options.vertical]
                               if _glyph_sized((_transposed(comps) if vertical else comps)[2], options).any()]
