@@ -119,8 +119,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 prepare_guard(train_dir=tmp / "build", holdout_dir=tmp / "holdout", k=policy.memorization.k,
                               cache_dir=tmp / f"cache_build{w}", workers=w, progress=timeline)
-                build_s[w] = time.perf_counter() - t0
-                cal_s[w] = time.perf_counter() - timeline.started.get(CALIBRATING, t0)
+                end = time.perf_counter()
+                build_s[w] = end - t0
+                cal_s[w] = end - timeline.started.get(CALIBRATING, end)  # 0 where calibration was cached
         base = decode_rate(tmp / "release")
 
         # Per stage, in this process.
@@ -182,7 +183,8 @@ def main() -> None:
                    "training img/s (build alone)", "calibration s", "holdout img/s"],
                   [[n_build, w, f"{build_s[w]:.1f}", f"{n_build / build_s[w]:.1f}", f"{build_s[1] / build_s[w]:.2f}",
                     f"{build_s[w] - cal_s[w]:.1f}", f"{args.build_train / (build_s[w] - cal_s[w]):.1f}",
-                    f"{cal_s[w]:.1f}", f"{args.holdout / cal_s[w]:.1f}"] for w in (1, 2)])
+                    f"{cal_s[w]:.1f}", f"{args.holdout / cal_s[w]:.1f}" if cal_s[w] > 0 else "cached"]
+                   for w in (1, 2)])
             build_rate = max(args.build_train / (build_s[w] - cal_s[w]) for w in build_s)
             jobs.append(["index 1.3 M training images (build alone: calibration costs per holdout image, above)",
                          f"{1_300_000 / build_rate / 3600:.1f}"])

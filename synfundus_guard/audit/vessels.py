@@ -76,7 +76,8 @@ MATCH_VERSION = (f"{VESSEL_VERSION}:{ALIGN_VERSION}:{DESC_VERSION}:k{CANDIDATES}
                  f":e{len(SAME_EYE_VIEWS)}:s{len(REVISIT_GRID.scales)}:margin1")
 """Changes whenever the scores would: calibrations cached under another version are recomputed."""
 FIRST_PASS = REFINE
-"""Candidate-views the check's first pass refines (the :data:`REFINE` best of the coarse pass). An image whose
+"""Candidate-views the check's first pass refines (the :data:`REFINE` best of the coarse pass, and the best view of
+each of the first :data:`FIRST_PASS` candidates the search retrieved: see the last paragraph). An image whose
 first-pass score and margin flag nothing is cleared there, with those scores; an image they flag has its other
 candidates refined too, and the score and margin of every candidate refined decide (the calibration's holdout is
 always scored in full). Refining a candidate can only raise its score, so the first pass's score is at most the
@@ -142,8 +143,8 @@ def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int = C
     candidate refined.
 
     With ``clears`` (the check's rules: does this score flag nothing?), a first pass refines only the ``refine``
-    best candidate-views; an image it clears keeps the first pass's scores, and only the others are refined in
-    full (:data:`FIRST_PASS`).
+    best candidate-views and the best view of each of the ``refine`` candidates retrieved first; an image it clears
+    keeps the first pass's scores, and only the others are refined in full (:data:`FIRST_PASS`).
     """
     search = vessel_search(index)
     out = []
