@@ -253,3 +253,44 @@ def test_rows_are_chained_as_scipy_numbers_connected_components() -> None:
             mins = _component_minima(adj)
             # same partition, and components in the same order (scipy numbers them by their smallest node)
             assert np.array_equal(np.unique(mins, return_inverse=True)[1], ref)
+
+
+def test_glyph_table_does_not_depend_on_the_frame_around_the_glyphs() -> None:
+    """The glyph table works inside the kept components' box and a one-pixel frame: the same components inside a
+    larger empty frame, or beside a glyph far away that widens that box, give the same glyphs (shifted), in rows
+    and at a quarter turn."""
+    from scipy import ndimage as ndi
+
+    from synfundus_guard.audit.identity._textdetect import (
+        TextOptions, _components, _extent_images, _glyph_table, _transposed)
+    from synfundus_guard.audit.identity.overlays import draw_text, random_identifier
+
+    opts = TextOptions()
+    far = np.zeros((12, 12), bool)
+    far[1:11, 1] = far[1, 1:11] = far[10, 1:11] = far[1:11, 10] = True  # an "O", glyph-sized either way up
+    shift = np.r_[1, 1, 1, 1, 0, 0]
+    found = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        img = np.zeros((54, 150, 3), np.float32)
+        for position, size in zip(("top-left", "centre", "bottom-right"), (9, 12, 16)):
+            img, _ = draw_text(img, random_identifier(rng), font=("pil-default", "pil-bitmap")[seed % 2], size=size,
+                               position=position, light=True, colour=(255, 255, 255), margin=1)
+        resp = ndi.gaussian_filter(img[..., 0], 0.6 + 0.1 * seed)  # thicker strokes glue letters into words
+        tables = []
+        for pad, extra in [(1, False), (9, False), (9, True)]:
+            r = np.pad(resp, pad)
+            if extra:  # in the top-left corner: the box then starts at the image's origin
+                r = np.pad(r, ((30, 0), (30, 0)))
+                r[:12, :12] = np.where(far, 1.0, 0.0)
+            heights, widths = _extent_images(r >= 0.3)
+            comps = _components(r >= 0.6)
+            rows, turned = _glyph_table(comps, heights, opts), _glyph_table(_transposed(comps), widths.T, opts)
+            if extra:  # the corner glyph comes first in raster order either way up: drop it
+                assert tuple(rows[0][:4]) == tuple(turned[0][:4]) == (1, 1, 11, 11)
+                rows, turned, pad = rows[1:], turned[1:], pad + 30
+            tables.append((rows - shift * pad, turned - shift * pad))
+        for rows, turned in tables[1:]:
+            assert np.array_equal(rows, tables[0][0]) and np.array_equal(turned, tables[0][1])
+        found += len(tables[0][0])
+    assert found >= 10  # the random masks hold glyph-like components

@@ -180,12 +180,19 @@ def _glyph_table(components: tuple[int, np.ndarray, np.ndarray], support: np.nda
     keep = _glyph_sized(box, opts)
     if not keep.any():
         return np.zeros((0, 6))
+    # Work inside the kept components' bounding box and a one-pixel frame around it (clipped to the image): every
+    # pixel outside it is outside the kept components, so each kept pixel's chessboard distance to the nearest of
+    # them is reached inside the frame, and raster order within the crop is the image's. Same table, less work.
+    kb = box[keep].astype(np.int64)
+    r0, c0 = max(int(kb[:, 1].min()) - 1, 0), max(int(kb[:, 0].min()) - 1, 0)
+    r1, c1 = min(int(kb[:, 3].max()) + 1, lab.shape[0]), min(int(kb[:, 2].max()) + 1, lab.shape[1])
+    sub = np.ascontiguousarray(lab[r0:r1, c0:c1])
     # kept components numbered 1..m in raster order of their first pixel (as scipy.ndimage.label numbers them)
-    flat = lab.ravel()  # raster order of this (possibly transposed) mask
+    flat = sub.ravel()  # raster order of this (possibly transposed) mask
     kept_pixels = np.concatenate([[False], keep])[flat]
     pix = np.flatnonzero(kept_pixels)
     labels = flat[pix]
-    first = np.full(n + 1, lab.size, dtype=np.int64)
+    first = np.full(n + 1, sub.size, dtype=np.int64)
     np.minimum.at(first, labels, pix)
     kept = np.flatnonzero(keep) + 1
     kept = kept[np.argsort(first[kept], kind="stable")]
@@ -194,16 +201,16 @@ def _glyph_table(components: tuple[int, np.ndarray, np.ndarray], support: np.nda
     b, hk, wk, m = box[kept - 1], h[kept - 1], w[kept - 1], len(kept)
     comp = lut[labels]
     area = np.bincount(comp, minlength=m)
-    dist = chessboard_distance(kept_pixels.reshape(lab.shape))
+    dist = chessboard_distance(kept_pixels.reshape(sub.shape))
     stroke = np.maximum(2 * _per_label_max(dist.ravel()[pix], comp, m) - 1, 1)
-    strokes = _stroke_crossings(pix, comp, b, lab.shape[1])
+    strokes = _stroke_crossings(pix, comp, b - np.array([c0, r0, c0, r0], dtype=float), sub.shape[1])
     thin = hk / stroke >= 2.2
     not_blob = (area / (hk * wk) <= 0.85) | (wk <= 0.45 * hk)
     word_ok = (wk <= 1.6 * hk) | (strokes >= np.maximum(2.5, wk / hk))
-    isolated = _per_label_max(support.ravel()[pix], comp, m) <= np.maximum(1.5 * hk, hk + 6)
+    isolated = _per_label_max(support[r0:r1, c0:c1].ravel()[pix], comp, m) <= np.maximum(1.5 * hk, hk + 6)
     ok = thin & not_blob & word_ok & isolated
     glyphs = np.where(wk > 1.6 * hk, np.maximum(np.round(strokes / 1.5), 1), 1)
-    letter = ((_roundness(pix, comp, area, lab.shape[1]) >= 0.35) | (strokes >= 2.5)) & (wk >= 0.45 * hk)
+    letter = ((_roundness(pix, comp, area, sub.shape[1]) >= 0.35) | (strokes >= 2.5)) & (wk >= 0.45 * hk)
     return np.column_stack([b[ok], glyphs[ok], letter[ok]])
 
 
