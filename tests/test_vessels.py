@@ -102,6 +102,57 @@ def test_vessel_search_reports_the_view_the_alignment_uses(guard, flip, angle):
     assert (o >= 4) == flip
 
 
+def test_group_views_keeps_each_view_once_at_its_best_row():
+    """Several query rows may describe one view (the search's shifted rows): a candidate's views are distinct, each
+    at the best similarity any of its rows reached, and candidates are ordered by their best view."""
+    from synfundus_guard.audit.memorization import group_views
+
+    sims = np.array([[0.90, 0.50], [0.95, 0.40], [0.30, 0.20]])
+    idx = np.array([[1, 2], [1, 3], [2, 1]])
+    r = group_views(sims, idx, k=3, views_per_candidate=3, view_ids=[0, 0, 1])
+    assert r.embedding_sim == 0.95
+    assert r.candidates == ((1, (0, 1)), (2, (0, 1)), (3, (0,)))
+    plain = group_views(sims, idx, k=3, views_per_candidate=3)  # a row per view: row r is view r
+    assert plain.candidates == ((1, (1, 0, 2)), (2, (0, 2)), (3, (1,)))
+
+
+def test_a_template_moved_inside_the_frame_is_retrieved_by_the_shifted_rows(guard):
+    """Between visits the eye moves inside the field of view; the search also describes the unmirrored views
+    shifted by one descriptor pixel (4 template pixels), so a template moved by 4 template pixels keeps nearly all
+    of its similarity to its own training template, and one moved by 6 most of it, which the unshifted rows lose."""
+    from scipy import ndimage as ndi
+
+    from synfundus_guard.audit.vessel_search import QUERY_VIEWS, SEARCHED, descriptors, query_descriptors
+    from synfundus_guard.audit.vessels import vessel_search
+
+    j = 4
+    own = np.asarray(guard.index.vessels[j], dtype=np.float32)
+    d = descriptors(own[None])[0]
+    for shift, kept in ((4, 0.95), (6, 0.7)):
+        moved = ndi.shift(own, (shift, -shift), order=1)
+        sims = query_descriptors(moved) @ d
+        assert len(sims) == len(QUERY_VIEWS)
+        assert sims.max() > kept and sims.max() > sims[:SEARCHED].max() + 0.2
+        assert QUERY_VIEWS[int(np.argmax(sims))] == 0  # a shifted row of the image itself
+        assert vessel_search(guard.index).retrieve([moved], k=3)[0].candidates[0] == (j, (0,))
+
+
+def test_a_visit_rotated_beyond_the_searched_views_is_aligned_at_its_rotation(guard):
+    """A second visit rotated by 21 degrees is retrieved at the search's 12-degree view; the check also tries the
+    wider rotations (18, 24 degrees) of the image itself, so the alignment reaches the true rotation."""
+    from synfundus_guard.audit.vessels import vessel_scores
+    from synfundus_guard.data.fov import rotate_scale
+
+    j = 6
+    src = render_visit(PhantomPatient.from_seed(SEED, int(guard.index.records[j]["patient_id"][1:])), visit=0,
+                       size=SIZE, seed=SEED)[0]
+    for angle in (21.0, -21.0):
+        (v,) = vessel_scores(guard.index, [np.clip(rotate_scale(src, angle), 0, 1)])
+        # rotate_scale turns the image by -angle: the check aligns it back at -angle
+        assert v.best == j and abs(v.transform["angle"] + angle) <= 2.0 and v.transform["orientation"] == 0
+        assert v.score > 0.8
+
+
 def test_vesselness_equals_scikit_image_frangi():
     """The shorter-kernel Frangi gives scikit-image's result (stored templates stay valid) on real and phantom
     maps."""
@@ -267,13 +318,14 @@ def test_first_pass_clears_what_it_does_not_flag_and_the_full_path_decides_the_r
     assert [f.flagged for f in cascaded] == [f.flagged for f in in_full] == [True] * 4 + [False] * 6
     assert all(f.private["every_candidate_refined"] for f in in_full)
     for c, f in zip(cascaded, in_full):
-        if c.flagged:
-            assert c.private["every_candidate_refined"]
+        assert c.private["every_candidate_refined"] or not c.flagged  # a flag always comes from the full path
+        if c.private["every_candidate_refined"]:
             assert (c.scores, c.reasons, c.private) == (f.scores, f.reasons, f.private)
-        else:
-            assert not c.private["every_candidate_refined"]  # cleared by the first pass
+        else:  # cleared by the first pass
             assert c.scores[SCORE_KEY] <= f.scores[SCORE_KEY]
-    assert not any(c.private["every_candidate_refined"] for c in cascaded[4:])
+    # most new patients stop at the first pass; one whose first-pass margin overstates the full one enough to
+    # reach the threshold goes on (here one of 6: margin 0.113 in the first pass, 0.108 in full, threshold 0.112)
+    assert sum(c.private["every_candidate_refined"] for c in cascaded[4:]) <= 1
 
 
 def test_a_policy_can_turn_the_first_pass_off(guard):

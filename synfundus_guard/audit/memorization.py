@@ -60,16 +60,20 @@ class Retrieval:
     candidates: tuple[tuple[int, tuple[int, ...]], ...]
 
 
-def group_views(sims: np.ndarray, idx: np.ndarray, k: int,
-                views_per_candidate: int = VIEWS_PER_CANDIDATE) -> Retrieval:
-    """One image's search results ``(V, k')`` per query view, grouped by training image: the ``k`` closest,
-    each with its best ``views_per_candidate`` views (best first)."""
-    views: dict[int, list[tuple[float, int]]] = {}
-    for view in range(len(sims)):
-        for s, j in zip(sims[view], idx[view]):
+def group_views(sims: np.ndarray, idx: np.ndarray, k: int, views_per_candidate: int = VIEWS_PER_CANDIDATE, *,
+                view_ids: Sequence[int] | None = None) -> Retrieval:
+    """One image's search results ``(R, k')`` per query row, grouped by training image: the ``k`` closest, each
+    with its best ``views_per_candidate`` distinct views (best first). Row ``r`` describes view ``view_ids[r]``
+    (default: view ``r``; several rows may describe one view, e.g. at other shifts)."""
+    views: dict[int, dict[int, float]] = {}
+    for row in range(len(sims)):
+        view = row if view_ids is None else int(view_ids[row])
+        for s, j in zip(sims[row], idx[row]):
             if j >= 0:
-                views.setdefault(int(j), []).append((float(s), view))
-    best = {j: sorted(vs, reverse=True)[:views_per_candidate] for j, vs in views.items()}
+                seen = views.setdefault(int(j), {})
+                seen[view] = max(seen.get(view, -np.inf), float(s))
+    best = {j: sorted(((s, v) for v, s in vs.items()), reverse=True)[:views_per_candidate]
+            for j, vs in views.items()}
     cands = sorted(best, key=lambda j: -best[j][0][0])[:k]
     return Retrieval(best[cands[0]][0][0] if cands else -1.0,
                      tuple((j, tuple(view for _, view in best[j])) for j in cands))

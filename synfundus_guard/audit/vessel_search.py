@@ -5,8 +5,9 @@ lesions change an image more than another patient's similar anatomy does (on 100
 it put the right patient among its 10 candidates for 17 % of second visits). This index searches the vessel
 templates themselves. Each template (the tapered vesselness map of :func:`~.pixel_match.make_sketch`) is blurred
 and reduced to ``DESC_SIDE`` x ``DESC_SIDE``, zero-mean and unit-norm; a query is described the same way in 40
-views (8 orientations x 5 rotations, a second visit is rotated by up to ~10 degrees) and each candidate comes
-with the view that matched it best, which the geometric verification then refines. On the same patients the right
+views (8 orientations x 5 rotations, a second visit is rotated by up to ~10 degrees), the unmirrored ones also
+shifted by one descriptor pixel each way (:data:`QUERY_SHIFTS`), and each candidate comes with the view that
+matched it best, which the geometric verification then refines. On the same patients the right
 one is among 10 candidates for 94 % of second visits (``bench/bench_vessels.py`` reports the end-to-end effect).
 
 The descriptors are derived from the stored templates when a check first needs them, so indexes built
@@ -30,22 +31,59 @@ DESC_SIDE = 24
 DESC_SIGMA = 1.5
 """Blur (template pixels) before reduction: tolerance to the small shifts and rotations between views."""
 VIEW_ANGLES = (0.0, -6.0, 6.0, -12.0, 12.0)
+WIDE_ANGLES = (-18.0, 18.0, -24.0, 24.0)
+"""Rotations of the unmirrored, unturned image that are not searched but verified (views after the searched ones,
+:func:`view_params`): the search's blurred descriptors still retrieve a second visit rotated by 20 degrees at its
+12-degree view, but alignment around 12 degrees (+-4) cannot reach it. Second renderer seed 61 (80 patients, 256
+px; per visit rotation ~N(0, 6) degrees): 5 of the 23 revisits the check missed were retrieved and rotated by
+19-23 degrees, with scores 0.67-0.73 at the true rotation against a threshold of 0.62."""
+QUERY_SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+"""Shifts (descriptor pixels: 4 template pixels) at which the views of the image itself (orientation 0) are also
+searched. The field of view fixes the frame, not the eye: between visits the eye moves by up to 9 template
+pixels, and a descriptor correlation falls apart past ~1 descriptor pixel. Second renderer seed 61 (80 patients,
+revisits): true patient among the 30 retrieved 95.0 -> 99.4 % at 256 px, 93.1 -> 99.4 % at 128 px; 240 patients at
+256 px 92.7 -> 99.2 %; phantom seed 41 99.4-100 % before and after (the 4 shifts of a plus instead of all 8:
+98.5-98.8 % on the second renderer). Cost: 80 query views instead of 40."""
 VIEWS = 1
 """Views kept per candidate for the coarse verification (chosen on phantom seed 11, 100 patients: 1, 2 and 3
 views gave end-to-end AUC 0.952, 0.949 and 0.948; fewer views cost less)."""
 DESC_VERSION = f"vdesc-v1:{DESC_SIDE}:{DESC_SIGMA}:{len(VIEW_ANGLES)}x{ORIENTATIONS}"
+"""The stored descriptors' version (the query's views, :data:`QUERY_VERSION`, do not change them)."""
+QUERY_VERSION = f"q{len(QUERY_SHIFTS)}:w{len(WIDE_ANGLES)}"
 EXACT_MAX = 100_000
 """Largest training set the vessel search searches exactly (``ivfpq`` above). Exact search costs linearly in the
-set, 40 query views per image: ~2.5 ms per image per 1 000 training images on 2 cores (``bench/bench_scale.py``:
-69 ms at 1 000, 92 ms at 10 000), so ~0.25 s at 100 k. At 100 k vectors ``ivfpq`` answered 4.5x faster than exact
+set: with 40 query rows per image ~2.5 ms per image per 1 000 training images on 2 cores (``bench/bench_scale.py``:
+69 ms at 1 000, 92 ms at 10 000), twice that with the 80 rows of :data:`QUERY_VIEWS` (FAISS alone, one thread: 13
+-> 26 ms per image at 10 000, 207 -> 442 ms at 100 000). At 100 k vectors ``ivfpq`` answered 4.5x faster than exact
 search at recall@10 0.9994 on the second renderer's descriptors and 0.9986 on the phantom's (0.9957 at 1 M;
 ``bench/bench_search.py``, whose sets played no part in choosing its settings). The embedding index's ``auto``
 keeps :data:`~..index.store.EXACT_MAX` (250 000): ivfpq's recall on embeddings did not hold."""
 
 
+SEARCHED = ORIENTATIONS * len(VIEW_ANGLES)
+"""Views the search describes (orientation-major); views from here on are :data:`WIDE_ANGLES`."""
+
+
 def view_params(view: int) -> tuple[int, float]:
-    """(orientation, rotation in degrees) of query view ``view`` (view 0 is the image itself)."""
+    """(orientation, rotation in degrees) of query view ``view`` (view 0 is the image itself; views from
+    :data:`SEARCHED` on are the image at :data:`WIDE_ANGLES`, verified but not searched)."""
+    if view >= SEARCHED:
+        return 0, WIDE_ANGLES[view - SEARCHED]
     return view // len(VIEW_ANGLES), VIEW_ANGLES[view % len(VIEW_ANGLES)]
+
+
+def _shifted(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``m`` moved by ``dy`` rows and ``dx`` columns, zeros shifted in."""
+    out = np.zeros_like(m)
+    h, w = m.shape
+    out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = m[max(-dy, 0): h - max(dy, 0),
+                                                                    max(-dx, 0): w - max(dx, 0)]
+    return out
+
+
+QUERY_VIEWS = np.array([*range(SEARCHED), *(v for v in range(len(VIEW_ANGLES)) for _ in QUERY_SHIFTS)])
+"""The view each row of :func:`query_descriptors` describes: the searched views, then each unmirrored view at each
+of :data:`QUERY_SHIFTS`."""
 
 
 def _reduce(maps: np.ndarray) -> np.ndarray:
@@ -68,12 +106,14 @@ def descriptors(templates: np.ndarray) -> np.ndarray:
 
 
 def query_descriptors(template: np.ndarray) -> np.ndarray:
-    """Descriptors of every view of one query template, ``(40, DESC_SIDE**2)``, in :func:`view_params` order."""
+    """Descriptors of one query template, a row per entry of :data:`QUERY_VIEWS` ``(80, DESC_SIDE**2)``: every
+    searched view in :func:`view_params` order, then the unmirrored views shifted."""
     small = _reduce(np.asarray(template)[None])[0]
     # the warp QuerySketch.score applies for a view: orient first, then rotate
-    return _normalise(np.stack([rotate_scale(oriented, a) if a else oriented
-                                for oriented in (orient(small, o) for o in range(ORIENTATIONS))
-                                for a in VIEW_ANGLES]))
+    views = [rotate_scale(oriented, a) if a else oriented
+             for oriented in (orient(small, o) for o in range(ORIENTATIONS)) for a in VIEW_ANGLES]
+    shifted = [_shifted(views[v], dy, dx) for v in range(len(VIEW_ANGLES)) for dy, dx in QUERY_SHIFTS]
+    return _normalise(np.stack(views + shifted))
 
 
 @dataclass(frozen=True)
@@ -100,5 +140,5 @@ class VesselSearch:
         for t in templates:
             q = query_descriptors(t)
             sims, idx = self.faiss_index.search(q, min(k, self.faiss_index.ntotal))
-            out.append(group_views(sims, idx, k, views))
+            out.append(group_views(sims, idx, k, views, view_ids=QUERY_VIEWS))
         return out

@@ -42,7 +42,8 @@ from ..index.store import GuardIndex, resolve_kind
 from .base import Candidate, Check, Finding
 from .memorization import Alignment, coarse_pass, refine_pairs, refine_pass
 from .pixel_match import ALIGN_VERSION, VESSEL_VERSION, AlignmentGrid, QuerySketch
-from .vessel_search import DESC_VERSION, EXACT_MAX, VIEW_ANGLES, VIEWS, VesselSearch, view_params
+from .vessel_search import (DESC_VERSION, EXACT_MAX, QUERY_VERSION, SEARCHED, VIEW_ANGLES, VIEWS, WIDE_ANGLES,
+                            VesselSearch, view_params)
 
 SCORE_KEY = "vessels.match_score"
 MARGIN_KEY = "vessels.margin"
@@ -58,10 +59,11 @@ patient's image 16-20 -> 20-24 ms (first pass, 256 and 128 px)."""
 REFINE = 3
 """Candidate-views aligned over the full rotation and scale grid (phantom seed 11, 100 patients, 3 views per
 candidate: refining 3 gave end-to-end AUC 0.948, all 20 0.948, at 47 vs 100 ms per 256 px image)."""
-SAME_EYE_VIEWS = tuple(range(len(VIEW_ANGLES)))
-"""Views every candidate is also tried at: the image unmirrored and not quarter-turned, at each rotation. Another
-visit is the same eye, whatever view the coarse descriptors preferred; at blur and lesions they prefer a wrong
-one often enough (second renderer, seed 61: 61 -> 68 % of revisits caught)."""
+SAME_EYE_VIEWS = (*range(len(VIEW_ANGLES)), *range(SEARCHED, SEARCHED + len(WIDE_ANGLES)))
+"""Views every candidate is also tried at: the image unmirrored and not quarter-turned, at each searched rotation
+and at the wider :data:`~.vessel_search.WIDE_ANGLES`. Another visit is the same eye, whatever view the coarse
+descriptors preferred; at blur and lesions they prefer a wrong one often enough (second renderer, seed 61: 61 ->
+68 % of revisits caught)."""
 REVISIT_GRID = AlignmentGrid(scales=(0.88, 0.92, 0.96, 1.0, 1.04, 1.08, 1.12))
 """Refinement of images with a field-of-view disc: the FOV fixes the frame, not the eye's magnification, which
 changes between visits with the camera's field angle (45 against 50 degrees is 11 %), refraction and focus.
@@ -72,7 +74,7 @@ revisits``: phantom seed 3 and second renderer seed 23, 240 revisits and 120 new
 before -> after: 256 px 95.8 -> 95.8 % and 72.9 -> 77.5 %, 128 px 89.2 -> 88.3 % and 64.6 -> 67.1 %, no new
 patient flagged. Five scales in 6 % steps did worse on all four (95.4, 75.8, 87.1, 67.1 %). Cost: the check takes
 ~30 instead of ~18 ms per 256 px image."""
-MATCH_VERSION = (f"{VESSEL_VERSION}:{ALIGN_VERSION}:{DESC_VERSION}:k{CANDIDATES}:v{VIEWS}:r{REFINE}"
+MATCH_VERSION = (f"{VESSEL_VERSION}:{ALIGN_VERSION}:{DESC_VERSION}:{QUERY_VERSION}:k{CANDIDATES}:v{VIEWS}:r{REFINE}"
                  f":e{len(SAME_EYE_VIEWS)}:s{len(REVISIT_GRID.scales)}:margin1")
 """Changes whenever the scores would: calibrations cached under another version are recomputed."""
 FIRST_PASS = REFINE
