@@ -183,6 +183,35 @@ def test_faint_rows_inside_the_field_of_view_need_six_glyphs() -> None:
     assert not finding.flagged and finding.scores["text.rows"] == 0
 
 
+def test_a_faint_row_reaching_the_rim_needs_the_glyphs_of_an_ordinary_row() -> None:
+    """A dark stamp cut by the rim of the field of view shows the inner parts of its glyphs, faint against the dark
+    periphery: where no other row counts, a faint row that reaches the rim needs 4 glyphs, like an ordinary row
+    inside the field of view; faint rows away from the rim (the disc's anatomy) and quarter-turned rows still
+    need 6."""
+    from synfundus_guard.audit.identity.text import TextRow
+    from synfundus_guard.data.fov import detect_fov
+
+    img = render_visit(PhantomPatient.from_seed(41, 96), visit=0, size=256, seed=41)[0]
+    fov = detect_fov(img)
+    assert fov.is_disc
+    check = TextCheck(ocr=False)
+    cx, top = int(round(fov.cx)), int(round(fov.cy - fov.radius))
+
+    def row(y0: int, level: float = 0.08, vertical: bool = False, height: int = 10) -> TextRow:
+        return TextRow((cx - 30, y0, cx + 30, y0 + height), 4, "dark", 0, level, vertical)
+
+    def needed(r: TextRow) -> int:
+        return check._needed(r, fov, rim=True)
+
+    assert needed(row(top - 2)) == 4  # straddles the rim
+    assert check._needed(row(top - 2), fov) == 6  # (the first reading, beside rows that count anyway)
+    assert needed(row(top + 1)) == 4  # its glyphs' inner parts stop short of the rim
+    assert needed(row(top + 12)) == 6  # inside, clear of the rim
+    assert needed(row(int(fov.cy) - 5)) == 6  # the middle of the field
+    assert needed(row(top - 2, vertical=True)) == 6
+    assert needed(row(top + 12, level=0.25)) == 4  # not faint
+
+
 @pytest.mark.parametrize("position", ["fov-top", "fov-bottom", "fov-left", "fov-right"])
 def test_grey_stamps_on_the_rim_of_the_field_of_view_are_found(position: str) -> None:
     img = render_visit(PhantomPatient.from_seed(5, 3), visit=0, size=512, seed=5)[0]
