@@ -72,15 +72,6 @@ def view_params(view: int) -> tuple[int, float]:
     return view // len(VIEW_ANGLES), VIEW_ANGLES[view % len(VIEW_ANGLES)]
 
 
-def _shifted(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``m`` moved by ``dy`` rows and ``dx`` columns, zeros shifted in."""
-    out = np.zeros_like(m)
-    h, w = m.shape
-    out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = m[max(-dy, 0): h - max(dy, 0),
-                                                                    max(-dx, 0): w - max(dx, 0)]
-    return out
-
-
 QUERY_VIEWS = np.array([*range(SEARCHED), *(v for v in range(len(VIEW_ANGLES)) for _ in QUERY_SHIFTS)])
 """The view each row of :func:`query_descriptors` describes: the searched views, then each unmirrored view at each
 of :data:`QUERY_SHIFTS`."""
@@ -112,7 +103,7 @@ def query_descriptors(template: np.ndarray) -> np.ndarray:
     # the warp QuerySketch.score applies for a view: orient first, then rotate
     views = [rotate_scale(oriented, a) if a else oriented
              for oriented in (orient(small, o) for o in range(ORIENTATIONS)) for a in VIEW_ANGLES]
-    shifted = [_shifted(views[v], dy, dx) for v in range(len(VIEW_ANGLES)) for dy, dx in QUERY_SHIFTS]
+    shifted = [ndi.shift(views[v], shift, order=0) for v in range(len(VIEW_ANGLES)) for shift in QUERY_SHIFTS]
     return _normalise(np.stack(views + shifted))
 
 
