@@ -88,3 +88,36 @@ def test_a_face_in_the_middle_of_the_fundus_is_boxed(retina256: np.ndarray) -> N
     assert finding.flagged
     x0, y0, x1, y1 = finding.private["boxes"][0]["box"]
     assert x0 < 70 + 100 and x1 > 70 and y0 < 80 + 100 and y1 > 80  # the box lies on the pasted face
+
+
+def test_a_dlib_detection_its_mirror_image_does_not_confirm_does_not_flag() -> None:
+    """dlib reads this second-renderer fundus disc as a face (score 0.14 > 0 unmirrored); mirrored it scores below
+    the threshold, so the check, which takes the smaller score, does not flag the image."""
+    from bench.alt_fundus import render
+    from synfundus_guard.audit.identity import faces as fm
+
+    img = render(22, 135, 1, 256)
+    o = fm.FaceOptions()
+    grey, scale = fm.work_image(img, o.work_side, o.max_enlarge)
+    lo = int(max(o.min_fraction * min(grey.shape), o.min_face_px * scale, 20))
+    direct = fm._dlib_windows(grey, lo, o.dlib_upsample, o.min_dlib - 1.0)
+    assert max(s for _, s in direct) > o.min_dlib  # unmirrored, dlib alone would flag it
+    finding = FaceCheck().check_batch([Candidate("disc.png", img)])[0]
+    assert not finding.flagged and -1.0 < finding.scores["faces.dlib"] <= o.min_dlib
+
+
+def test_a_confirmed_dlib_score_is_the_smaller_of_direct_and_mirrored(retina256: np.ndarray) -> None:
+    from synfundus_guard.audit.identity import faces as fm
+
+    img = paste_face(retina256, skdata.lfw_subset()[70], side=100, top=80, left=70)
+    o = fm.FaceOptions()
+    grey, _ = fm.work_image(img, o.work_side, o.max_enlarge)
+    lo = int(o.min_fraction * min(grey.shape))
+    direct = fm._dlib_windows(grey, lo, o.dlib_upsample, -1.0)
+    mirrored = fm._dlib_windows(np.ascontiguousarray(grey[:, ::-1]), lo, o.dlib_upsample, -1.0)
+    (box, score), = [d for d in direct if d[1] > 0]
+    r, c, side = box
+    same_place = [s for (mr, mc, ms), s in mirrored if abs(mr - r) < side / 4 and abs(256 - mc - ms - c) < side / 4]
+    confirmed = fm._dlib_confirmed(grey, lo, o.dlib_upsample, o.min_dlib)
+    assert confirmed[0][0] == box and confirmed[0][1] == pytest.approx(min(score, max(same_place)))
+    assert confirmed[0][1] > o.min_dlib  # a face is confirmed by its mirror image
