@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_identity.py [--only text,ocr,faces,metadata] [--quick] [--ocr-n 160]
                                              [--patients 120] [--size 256] [--text-clean 160] [--tune-faces]
+                                             [--face-bg 120] [--face-clean 600]
 
 Vessels: phantom patients of dataset seed 7 (never used while developing the method, which used seeds 0, 1);
 each patient's visit 1 (new pose, illumination, focus, noise, lesions) is matched against visit 0 of the same
@@ -16,7 +17,10 @@ each (every installed TrueType font plus PIL's bitmap and default fonts, 8-24 px
 and the four edges of the field of view, light, grey and dark). Faces: LFW faces 0-49 pasted into phantoms of
 seed 901 tune ``min_haar`` (``--tune-faces``); faces 50-99 pasted into phantoms of another seed, images of a
 second, independent renderer (``bench/alt_fundus.py``) and the real photograph evaluate it, per source (each
-face pasted ``--face-reps`` times, 4 by default), plus samples of the shipped default model (clean).
+face pasted ``--face-reps`` times, 4 by default, into ``--face-bg`` backgrounds), plus samples of the shipped
+default model (clean). The clean rate is measured on ``--face-clean`` images per fundus source (600: a source with
+none flagged bounds its rate by 0.5 % at 95 %, the goal; 120 bounded it by 2.5 %), with its one-sided 95 % upper
+bound.
 Identifiers (``ocr``): the shipped text check with a blocklist, as an audit builds it from the training labels:
 each background (phantoms, the real photographs, the second renderer) gets one random identifier; the blocklist
 holds every planted identifier plus ``--ocr-decoys`` others, and the same backgrounds with identifiers that are not
@@ -53,7 +57,7 @@ from synfundus_guard.data.phantom import PhantomPatient, render_visit  # noqa: E
 SUMMARY: list[list[object]] = []
 
 
-from bench.common import table  # noqa: E402
+from bench.common import rate_upper, table  # noqa: E402
 
 
 def retina(size: int | None = None) -> np.ndarray:
@@ -265,22 +269,23 @@ def bench_faces(args: argparse.Namespace) -> None:
     table("Faces: photographs (none used in tuning)", ["image", "dlib", "haar", "flagged"],
           [[name, f"{d:.2f}", f"{h:.0f}", bool(f)] for name, (d, h), f in zip(photos, s, flagged(s, opts))])
     rng = np.random.default_rng(2)
-    n_bg = args.face_bg
+    n_bg, n_clean = args.face_bg, max(args.face_bg, args.face_clean)
     sources = {
-        "phantom seed 3, 256 px": [phantom(3, i, i % 2, 256) for i in range(n_bg)],
-        "phantom seed 3, 128 px": [phantom(3, i, i % 2, 128) for i in range(n_bg)],
-        "other renderer, 256 px": [alt_render(11, i, i % 2, 256) for i in range(n_bg)],
-        "other renderer, 128 px": [alt_render(12, i, i % 2, 128) for i in range(n_bg)],
+        "phantom seed 3, 256 px": [phantom(3, i, i % 2, 256) for i in range(n_clean)],
+        "phantom seed 3, 128 px": [phantom(3, i, i % 2, 128) for i in range(n_clean)],
+        "other renderer, 256 px": [alt_render(11, i, i % 2, 256) for i in range(n_clean)],
+        "other renderer, 128 px": [alt_render(12, i, i % 2, 128) for i in range(n_clean)],
         "real retina (rotated, scaled), 256 px": [np.clip(affine(retina(256), dx=0, dy=0, angle=a, scale=sc), 0, 1)
                                                   for a in range(-20, 21, 4) for sc in (0.9, 1.0, 1.1)],
     }
     rows, all_p, all_n, rates = [], [], [], []
     for name, bg in sources.items():
         n, rate_n = face_rows(bg, opts)
-        p, rate_p = face_rows(pasted(bg, lfw[50:100], rng, args.face_reps), opts)
+        p, rate_p = face_rows(pasted(bg[:n_bg], lfw[50:100], rng, args.face_reps), opts)
         fp, tp = flagged(n, opts), flagged(p, opts)
         all_p.append(tp), all_n.append(fp), rates.append(rate_n)
-        rows.append([name, len(n), f"{100 * fp.mean():.2f} %", len(p), f"{100 * tp.mean():.1f} %",
+        rows.append([name, len(n), f"{100 * fp.mean():.2f} %", f"{100 * rate_upper(fp.sum(), len(fp)):.2f} %",
+                     len(p), f"{100 * tp.mean():.1f} %",
                      f"{100 * np.mean(p[:, 0] > opts.min_dlib):.1f} %",
                      f"{100 * np.mean(p[:, 1] >= opts.min_haar):.1f} %",
                      f"{rate_n:.1f}"])
@@ -290,13 +295,15 @@ def bench_faces(args: argparse.Namespace) -> None:
         all_n.append(fp)
         side = default_model_side()
         rows.append([f"default model samples ({side} px, seed 7)", len(n), f"{100 * fp.mean():.2f} %",
-                     "-", "-", "-", "-", f"{rate_n:.1f}"])
-    table(f"Faces, held out (LFW faces 50-99 pasted {args.face_reps} times each at 15-50 % of the side; no image "
-          f"here was used for tuning), dlib > {opts.min_dlib} or Haar votes >= {opts.min_haar}",
-          ["source", "clean", "FPR", "faces", "TPR", "dlib alone", "Haar alone", "img/s (clean)"], rows)
+                     f"{100 * rate_upper(fp.sum(), len(fp)):.2f} %", "-", "-", "-", "-", f"{rate_n:.1f}"])
+    table(f"Faces, held out (LFW faces 50-99 pasted {args.face_reps} times each at 15-50 % of the side into the "
+          f"first {n_bg} backgrounds; no image here was used for tuning), dlib > {opts.min_dlib} or Haar votes >= "
+          f"{opts.min_haar}; FPR <= : one-sided 95 % upper bound",
+          ["source", "clean", "FPR", "FPR <=", "faces", "TPR", "dlib alone", "Haar alone", "img/s (clean)"], rows)
     tp, fp = np.concatenate(all_p), np.concatenate(all_n)
     SUMMARY.append(["faces", f"TPR {100 * tp.mean():.1f} % ({len(tp)}), FPR {100 * fp.mean():.2f} % ({len(fp)}), "
-                    f"worst source FPR {100 * max(f.mean() for f in all_n):.2f} %",
+                    f"worst source FPR {100 * max(f.mean() for f in all_n):.2f} % "
+                    f"(<= {100 * max(rate_upper(f.sum(), len(f)) for f in all_n[:4]):.2f} % on a fundus source)",
                     f"{rates[0]:.1f} img/s (256 px)"])
 
 
@@ -359,14 +366,16 @@ def main() -> None:
     ap.add_argument("--text-reps", type=int, default=3)
     ap.add_argument("--ocr-n", type=int, default=160, help="backgrounds for the identifier (OCR) bench")
     ap.add_argument("--ocr-decoys", type=int, default=1000, help="blocklist identifiers planted nowhere")
-    ap.add_argument("--face-bg", type=int, default=120)
+    ap.add_argument("--face-bg", type=int, default=120, help="backgrounds per source the faces are pasted into")
+    ap.add_argument("--face-clean", type=int, default=600,
+                    help="clean images per fundus source (0 of 600 bounds the rate by 0.5 %%, 0 of 120 by 2.5 %%)")
     ap.add_argument("--face-reps", type=int, default=4, help="pastes of each LFW face (tuning and held out)")
     ap.add_argument("--face-model-samples", type=int, default=100, help="default-model samples checked (0: none)")
     ap.add_argument("--tune-faces", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.patients, args.impostors, args.holdout, args.text_clean, args.text_reps = 20, 10, 10, 12, 1
-        args.face_bg, args.face_model_samples, args.ocr_n = 20, 10, 16
+        args.face_bg, args.face_clean, args.face_model_samples, args.ocr_n = 20, 20, 10, 16
     only = set(args.only.split(","))
     for name, fn in (("metadata", bench_metadata), ("text", bench_text), ("ocr", bench_ocr),
                      ("faces", bench_faces)):
