@@ -50,14 +50,16 @@ views gave end-to-end AUC 0.952, 0.949 and 0.948; fewer views cost less)."""
 DESC_VERSION = f"vdesc-v1:{DESC_SIDE}:{DESC_SIGMA}:{len(VIEW_ANGLES)}x{ORIENTATIONS}"
 """The stored descriptors' version (the query's views, :data:`QUERY_VERSION`, do not change them)."""
 QUERY_VERSION = f"q{len(QUERY_SHIFTS)}:w{len(WIDE_ANGLES)}"
-EXACT_MAX = 100_000
+EXACT_MAX = 20_000
 """Largest training set the vessel search searches exactly (``ivfpq`` above). Exact search costs linearly in the
-set: with 40 query rows per image ~2.5 ms per image per 1 000 training images on 2 cores (``bench/bench_scale.py``:
-69 ms at 1 000, 92 ms at 10 000), twice that with the 80 rows of :data:`QUERY_VIEWS` (FAISS alone, one thread: 13
--> 26 ms per image at 10 000, 207 -> 442 ms at 100 000). At 100 k vectors ``ivfpq`` answered 4.5x faster than exact
-search at recall@10 0.9994 on the second renderer's descriptors and 0.9986 on the phantom's (0.9957 at 1 M;
-``bench/bench_search.py``, whose sets played no part in choosing its settings). The embedding index's ``auto``
-keeps :data:`~..index.store.EXACT_MAX` (250 000): ivfpq's recall on embeddings did not hold."""
+set, and every query image searches the 80 rows of :data:`QUERY_VIEWS` (FAISS alone, one thread, 30 neighbours:
+149, 374 and 1 029 ms per image at 20 000, 50 000 and 100 000 vectors against 15, 24 and 32 ms with ``ivfpq``).
+``ivfpq``'s recall@10 against exact search holds from 20 000 vectors up (``bench/bench_search.py --vectors
+vessels``, 2 threads; sets that played no part in choosing its settings): on the second renderer's descriptors
+0.9992 at 20 000 (7.2x exact's queries/s), 0.9995 at 25 000 (7.1x), 0.9993 at 50 000 (8.6x), 0.9994 at 100 000
+(20x), 0.9957 at 1 M; on the phantom's 0.9984, 0.9983 and 0.9987 at 20 000-50 000 (7-12x), 0.9986 at 100 000.
+The switch was at 100 000 while the search had 40 rows per image. The embedding index's ``auto`` keeps
+:data:`~..index.store.EXACT_MAX` (250 000): ivfpq's recall on embeddings did not hold."""
 
 
 SEARCHED = ORIENTATIONS * len(VIEW_ANGLES)

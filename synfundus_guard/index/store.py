@@ -284,7 +284,7 @@ guard that misses a training image's neighbour misses a leak). On the vessel des
 choosing the settings) ``ivfpq`` reached 0.9994 at 100 k and 0.9957 at 1 M (6.1x exact, 2.4 GiB) on the second
 renderer and 0.9986 at 100 k on the phantom. Exact search of 576 dims is 5x slower than of the embeddings, and
 the 80 rows (views, shifted views) of every query image make it the costlier search: the vessel search uses
-``auto`` with its own, lower switch (:data:`~..audit.vessel_search.EXACT_MAX`, 100 000)."""
+``auto`` with its own, lower switch (:data:`~..audit.vessel_search.EXACT_MAX`, 20 000)."""
 EXACT_MAX = 250_000
 """Largest training set ``auto`` searches exactly: exact search costs linearly in the set (vessel descriptors: 839
 queries/s at 100 k vectors on 2 cores, ~340 at 250 k); above it ``ivfpq`` answers several times faster."""
