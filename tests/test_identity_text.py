@@ -185,9 +185,9 @@ def test_faint_rows_inside_the_field_of_view_need_six_glyphs() -> None:
 
 def test_a_faint_row_reaching_the_rim_needs_the_glyphs_of_an_ordinary_row() -> None:
     """A dark stamp cut by the rim of the field of view shows the inner parts of its glyphs, faint against the dark
-    periphery: where no other row counts, a faint row that reaches the rim needs 4 glyphs, like an ordinary row
-    inside the field of view; faint rows away from the rim (the disc's anatomy) and quarter-turned rows still
-    need 6."""
+    periphery: where no other row counts, a faint row that reaches the rim (the outer fifth of the radius) needs 4
+    glyphs, like an ordinary row inside the field of view; faint rows nearer the centre (the disc's anatomy) and
+    quarter-turned rows still need 6."""
     from synfundus_guard.audit.identity.text import TextRow
     from synfundus_guard.data.fov import detect_fov
 
@@ -206,7 +206,8 @@ def test_a_faint_row_reaching_the_rim_needs_the_glyphs_of_an_ordinary_row() -> N
     assert needed(row(top - 2)) == 4  # straddles the rim
     assert check._needed(row(top - 2), fov) == 6  # (the first reading, beside rows that count anyway)
     assert needed(row(top + 1)) == 4  # its glyphs' inner parts stop short of the rim
-    assert needed(row(top + 12)) == 6  # inside, clear of the rim
+    assert needed(row(top + 12)) == 4  # several glyphs short of it (vignetting), still in the outer band
+    assert needed(row(top + int(0.35 * fov.radius))) == 6  # its farthest corner ~0.7 radii out: the disc's region
     assert needed(row(int(fov.cy) - 5)) == 6  # the middle of the field
     assert needed(row(top - 2, vertical=True)) == 6
     assert needed(row(top + 12, level=0.25)) == 4  # not faint
