@@ -99,7 +99,7 @@ def test_a_dlib_detection_its_mirror_image_does_not_confirm_does_not_flag() -> N
     img = render(22, 135, 1, 256)
     o = fm.FaceOptions()
     grey, scale = fm.work_image(img, o.work_side, o.max_enlarge)
-    lo = int(max(o.min_fraction * min(grey.shape), o.min_face_px * scale, 20))
+    lo, _ = fm.searched_sides(grey.shape, scale, o)
     direct = fm._dlib_windows(grey, lo, o.dlib_upsample, o.min_dlib - 1.0)
     assert max(s for _, s in direct) > o.min_dlib  # unmirrored, dlib alone would flag it
     finding = FaceCheck().check_batch([Candidate("disc.png", img)])[0]
@@ -111,8 +111,8 @@ def test_a_confirmed_dlib_score_is_the_smaller_of_direct_and_mirrored(retina256:
 
     img = paste_face(retina256, skdata.lfw_subset()[70], side=100, top=80, left=70)
     o = fm.FaceOptions()
-    grey, _ = fm.work_image(img, o.work_side, o.max_enlarge)
-    lo = int(o.min_fraction * min(grey.shape))
+    grey, scale = fm.work_image(img, o.work_side, o.max_enlarge)
+    lo, _ = fm.searched_sides(grey.shape, scale, o)
     direct = fm._dlib_windows(grey, lo, o.dlib_upsample, -1.0)
     mirrored = fm._dlib_windows(np.ascontiguousarray(grey[:, ::-1]), lo, o.dlib_upsample, -1.0)
     (box, score), = [d for d in direct if d[1] > 0]

@@ -128,6 +128,15 @@ def work_image(image: np.ndarray, work_side: int = 256, max_enlarge: float = 3.0
     return np.ascontiguousarray(np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8)), scale
 
 
+def searched_sides(shape: tuple[int, ...], scale: float, options: FaceOptions = FaceOptions()) -> tuple[int, int]:
+    """Smallest and largest face side (work-image pixels) searched in a work image of ``shape`` made at ``scale``
+    (:func:`work_image`): ``min_fraction`` of the shorter side, at least ``min_face_px`` input pixels and 20, up to
+    ``max_fraction`` (the Haar cascades' limit; dlib is not limited above)."""
+    short = min(shape[:2])
+    return (int(max(options.min_fraction * short, options.min_face_px * scale, 20)),
+            int(options.max_fraction * short))
+
+
 def _haar_windows(cascade: Any, grey: np.ndarray, lo: int, hi: int, scale_factor: float) -> np.ndarray:
     """Every window the cascade accepts, as rows (row, col, side); no grouping."""
     if hi < lo:
@@ -215,9 +224,7 @@ def detect_faces(image: np.ndarray, options: FaceOptions = FaceOptions()) -> lis
     applied. dlib candidates are those scoring above ``min_dlib - 1`` (mirror-confirmed above ``min_dlib``)."""
     o = options
     grey, scale = work_image(image, o.work_side, o.max_enlarge)
-    short = min(grey.shape)
-    lo = int(max(o.min_fraction * short, o.min_face_px * scale, 20))
-    hi = int(o.max_fraction * short)
+    lo, hi = searched_sides(grey.shape, scale, o)
 
     def to_box(x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
         return tuple(int(round(v / scale)) for v in (x0, y0, x1, y1))  # type: ignore[return-value]
