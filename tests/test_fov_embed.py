@@ -9,7 +9,7 @@ import pytest
 from skimage import data as skdata
 
 from synfundus_guard.audit.pixel_match import QuerySketch, make_sketch
-from synfundus_guard.data.fov import canonical_crop, detect_fov, resize_image
+from synfundus_guard.data.fov import Fov, canonical_crop, crop_coverage, detect_fov, resize_image
 from synfundus_guard.data.perturb import FAMILIES, affine, random_copy
 from synfundus_guard.data.phantom import PhantomPatient, render_visit
 from synfundus_guard.embed.cache import ArrayCache
@@ -43,6 +43,20 @@ def test_images_without_a_dark_disc_use_the_whole_frame():
     fov = detect_fov(camera)
     assert not fov.is_disc
     assert canonical_crop(camera, fov, 48).shape == (48, 48, 3)
+
+
+def test_crop_coverage_marks_the_canonical_pixels_that_hold_image_data():
+    """A field of view wider than the frame and a padded whole-frame image leave black fill in the canonical crop;
+    the coverage mask is exactly where a white image's crop is white, and nothing of the fill."""
+    for shape, fov in (((256, 256, 3), Fov(127.5, 127.5, 137.0, True)),  # a field cut by all four edges
+                       ((256, 256, 3), Fov(90.0, 150.0, 110.0, True)),  # shifted off two edges
+                       ((200, 300, 3), Fov(149.5, 99.5, 150.0, False)),  # padded to a square
+                       ((256, 256, 3), Fov(127.5, 127.5, 100.0, True))):  # wholly inside: no fill
+        white = canonical_crop(np.ones(shape, np.float32), fov, 96)[..., 0]
+        covered = crop_coverage(shape, fov, 96)
+        np.testing.assert_array_equal(covered, white > 0.99)
+        assert np.all(white[~covered] == 0)
+    assert not crop_coverage((256, 256, 3), Fov(127.5, 127.5, 137.0, True), 96).all()
 
 
 def test_pixel_embedder_is_invariant_to_copy_transforms_and_separates_patients():

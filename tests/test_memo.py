@@ -49,9 +49,10 @@ def test_cached_fov_and_equalisation_equal_the_computation() -> None:
     img = skdata.retina()[::4, ::4].astype(np.float32) / 255
     detect_fov.cache_clear()
     assert detect_fov(img) == detect_fov.__wrapped__(img) == detect_fov(img.copy())
-    eq, disc = _equalised(img)
-    ref, ref_disc = _equalised.__wrapped__(img)
+    eq, disc, data = _equalised(img)
+    ref, ref_disc, ref_data = _equalised.__wrapped__(img)
     assert disc == ref_disc and np.array_equal(eq, ref) and not eq.flags.writeable
+    assert np.array_equal(data, ref_data) and not data.flags.writeable
 
 
 def test_refine_pairs_adds_the_best_view_of_the_first_retrieved_candidates():

@@ -147,25 +147,37 @@ def resize_image(img: np.ndarray, nh: int, nw: int) -> np.ndarray:
     return np.stack(chans, axis=2)
 
 
+def _crop_geometry(shape: tuple[int, ...], fov: Fov, side: int, margin: float) -> tuple[int, int, int, int]:
+    """The resized image size ``(nh, nw)`` and the crop's offset ``(oy, ox)`` in it, of :func:`canonical_crop`."""
+    h, w = shape[:2]
+    half = fov.radius * margin
+    s = side / (2 * half)
+    return max(1, round(h * s)), max(1, round(w * s)), round((fov.cy - half) * s), round((fov.cx - half) * s)
+
+
 def canonical_crop(img: np.ndarray, fov: Fov, side: int, *, margin: float = 1.0) -> np.ndarray:
     """Resample the FOV of ``img`` into a ``side`` x ``side`` square centred on the FOV.
 
     For a disc, the square spans ``margin`` x the disc diameter and pixels outside the image are black; for a
     whole-frame FOV, the image is padded to a square (black) and resized.
     """
-    h, w = img.shape[:2]
-    half = fov.radius * margin
-    x0, y0 = fov.cx - half, fov.cy - half
-    s = side / (2 * half)
     # Resize the whole image with anti-aliasing so that the crop has ``side`` pixels across, then crop.
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    nh, nw, oy, ox = _crop_geometry(img.shape, fov, side, margin)
     small = resize_image(img, nh, nw)
-    ox, oy = round(x0 * s), round(y0 * s)
     out = np.zeros((side, side, img.shape[2]), dtype=np.float32)
     sx0, sy0 = max(0, ox), max(0, oy)
     sx1, sy1 = min(nw, ox + side), min(nh, oy + side)
     if sx1 > sx0 and sy1 > sy0:
         out[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = small[sy0:sy1, sx0:sx1]
+    return out
+
+
+def crop_coverage(shape: tuple[int, ...], fov: Fov, side: int, *, margin: float = 1.0) -> np.ndarray:
+    """Boolean ``(side, side)`` mask of the pixels of :func:`canonical_crop` that hold image data, not the black
+    fill beyond the image's edges (a field of view wider than the frame, a padded whole-frame image)."""
+    nh, nw, oy, ox = _crop_geometry(shape, fov, side, margin)
+    out = np.zeros((side, side), dtype=bool)
+    out[max(0, -oy) : max(0, min(side, nh - oy)), max(0, -ox) : max(0, min(side, nw - ox))] = True
     return out
 
 
