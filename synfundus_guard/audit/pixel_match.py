@@ -163,7 +163,8 @@ the straight edge of a cut field, inside the taper. On the second renderer (fiel
 seed 61, 256 px), revisits whose eye was 10-16 % larger than in the indexed visit matched the true template at
 0.49-0.61 with scales found near 0.97; without the edge responses at 0.62-0.76, scales found near 0.88. Fresh
 seeds (phantom 263, second renderer 271; ``bench/bench_vessels.py --only revisits``): revisits caught 905 -> 927 of
-960 (second renderer 89.2 -> 95.0 % at 256 px, 88.3 -> 92.1 % at 128 px), no new patient flagged before or after."""
+960 (second renderer 89.2 -> 95.0 % at 256 px, 88.3 -> 92.1 % at 128 px); phantom 13, second renderer 97: 897 ->
+927 (92.5 -> 97.5 % and 85.0 -> 92.1 %); no new patient flagged before or after in either."""
 
 
 def vesselness(eq: np.ndarray, data: np.ndarray | None = None) -> np.ndarray:
