@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,36 @@ def test_an_eye_magnified_inside_the_same_field_of_view_is_aligned_at_its_scale(
         template = sketch_spectra(make_sketch(img, "vessel")[None].astype(np.float32))
         score, t = QuerySketch(magnified, kind="vessel", disc_grid=REVISIT_GRID).score_many(template, [(0, 0, 0.0)])[0]
         assert 0.86 <= t["scale"] <= 0.94 and score > 0.75, (score, t)
+
+
+def test_peak_heights_recover_a_peak_between_the_searched_shifts():
+    """A correlation peak that lies between integer shifts: the parabolic estimate gives the paraboloid's own vertex
+    height (exact for a paraboloid), not the highest sample; a peak on the window's border or one without a
+    maximum's curvature keeps its sampled height; and the vessel kind scores by it while band sketches keep the
+    highest sample."""
+    from synfundus_guard.audit.pixel_match import SUBPIXEL, peak_heights
+
+    w = 9
+    yy, xx = np.mgrid[:w, :w].astype(np.float64)
+    inner = 0.9 - 0.05 * ((xx - 4.3) ** 2 + (yy - 3.6) ** 2)  # vertex 0.9 at (3.6, 4.3)
+    edge = 0.8 - 0.05 * ((xx - 8.4) ** 2 + (yy - 4.0) ** 2)  # its best sample is on the last column
+    flat = np.full((w, w), 0.5)
+    windows = np.stack([inner, edge, flat])[:, None]  # (3 pairs, 1 view, w, w)
+    best = np.argmax(windows.reshape(3, -1), axis=1)
+    heights = peak_heights(windows, best)
+    sampled = windows.reshape(3, -1)[np.arange(3), best]
+    assert abs(heights[0] - 0.9) < 1e-9 and sampled[0] < 0.9 - 1e-3
+    assert heights[1] == sampled[1] < 0.8  # the vertex lies beyond the last column searched: no estimate there
+    assert heights[2] == sampled[2]
+    assert SUBPIXEL == frozenset({"vessel"})
+    img = render_visit(PhantomPatient.from_seed(SEED, 1), visit=0, size=SIZE, seed=SEED)[0]
+    other = render_visit(PhantomPatient.from_seed(SEED, 1), visit=1, size=SIZE, seed=SEED)[0]
+    vessel, band = QuerySketch(other, kind="vessel"), QuerySketch(other)
+    assert vessel.subpixel and not band.subpixel
+    template = make_sketch(img, "vessel")
+    nearest = copy.copy(vessel)
+    nearest.subpixel = False
+    assert vessel.score(template)[0] >= nearest.score(template)[0]
 
 
 def test_vesselness_equals_scikit_image_frangi():

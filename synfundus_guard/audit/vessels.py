@@ -41,7 +41,7 @@ import numpy as np
 from ..index.store import GuardIndex, resolve_kind
 from .base import Candidate, Check, Finding
 from .memorization import Alignment, coarse_pass, refine_pairs, refine_pass
-from .pixel_match import ALIGN_VERSION, VESSEL_VERSION, AlignmentGrid, QuerySketch
+from .pixel_match import ALIGN_VERSION, SUBPIXEL, VESSEL_VERSION, AlignmentGrid, QuerySketch
 from .vessel_search import (DESC_VERSION, EXACT_MAX, QUERY_VERSION, SEARCHED, VIEW_ANGLES, VIEWS, WIDE_ANGLES,
                             VesselSearch, view_params)
 
@@ -75,7 +75,8 @@ before -> after: 256 px 95.8 -> 95.8 % and 72.9 -> 77.5 %, 128 px 89.2 -> 88.3 %
 patient flagged. Five scales in 6 % steps did worse on all four (95.4, 75.8, 87.1, 67.1 %). Cost: the check takes
 ~30 instead of ~18 ms per 256 px image."""
 MATCH_VERSION = (f"{VESSEL_VERSION}:{ALIGN_VERSION}:{DESC_VERSION}:{QUERY_VERSION}:k{CANDIDATES}:v{VIEWS}:r{REFINE}"
-                 f":e{len(SAME_EYE_VIEWS)}:s{len(REVISIT_GRID.scales)}:margin1")
+                 f":e{len(SAME_EYE_VIEWS)}:s{len(REVISIT_GRID.scales)}:margin1"
+                 f"{':subpixel' if 'vessel' in SUBPIXEL else ''}")
 """Changes whenever the scores would: calibrations cached under another version are recomputed."""
 FIRST_PASS = REFINE
 """Candidate-views the check's first pass refines (the :data:`REFINE` best of the coarse pass, and the best view of
