@@ -321,9 +321,9 @@ class QuerySketch:
             shift_window(self._spectrum_stack(keys[i : i + BATCH]) * tspec[which[i : i + BATCH]], m)
             for i in range(0, len(keys), BATCH)
         ]).reshape(len(pairs), len(offsets), 2 * m + 1, 2 * m + 1)
-        flat = np.argmax(window.reshape(len(pairs), -1), axis=1)
-        heights = (peak_heights(window, flat) if self.subpixel
-                   else window.reshape(len(pairs), -1)[np.arange(len(pairs)), flat])
+        per_pair = window.reshape(len(pairs), -1)
+        flat = np.argmax(per_pair, axis=1)
+        heights = peak_heights(window, flat) if self.subpixel else per_pair[np.arange(len(pairs)), flat]
         out = []
         for p, f in enumerate(flat):
             v, iy, ix = np.unravel_index(int(f), (len(offsets), 2 * m + 1, 2 * m + 1))

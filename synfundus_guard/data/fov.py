@@ -147,12 +147,19 @@ def resize_image(img: np.ndarray, nh: int, nw: int) -> np.ndarray:
     return np.stack(chans, axis=2)
 
 
-def _crop_geometry(shape: tuple[int, ...], fov: Fov, side: int, margin: float) -> tuple[int, int, int, int]:
-    """The resized image size ``(nh, nw)`` and the crop's offset ``(oy, ox)`` in it, of :func:`canonical_crop`."""
+def _crop_window(shape: tuple[int, ...], fov: Fov, side: int,
+                 margin: float) -> tuple[int, int, tuple[slice, slice], tuple[slice, slice]]:
+    """Where :func:`canonical_crop` copies from and to: the resized image's size ``(nh, nw)``, the part of it that
+    the crop holds, and where that part lies in the ``side`` x ``side`` crop (both empty when the FOV misses it)."""
     h, w = shape[:2]
     half = fov.radius * margin
     s = side / (2 * half)
-    return max(1, round(h * s)), max(1, round(w * s)), round((fov.cy - half) * s), round((fov.cx - half) * s)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    oy, ox = round((fov.cy - half) * s), round((fov.cx - half) * s)
+    sy0, sx0 = max(0, oy), max(0, ox)
+    sy1, sx1 = max(sy0, min(nh, oy + side)), max(sx0, min(nw, ox + side))
+    return (nh, nw, (slice(sy0, sy1), slice(sx0, sx1)),
+            (slice(sy0 - oy, sy1 - oy), slice(sx0 - ox, sx1 - ox)))
 
 
 def canonical_crop(img: np.ndarray, fov: Fov, side: int, *, margin: float = 1.0) -> np.ndarray:
@@ -162,22 +169,17 @@ def canonical_crop(img: np.ndarray, fov: Fov, side: int, *, margin: float = 1.0)
     whole-frame FOV, the image is padded to a square (black) and resized.
     """
     # Resize the whole image with anti-aliasing so that the crop has ``side`` pixels across, then crop.
-    nh, nw, oy, ox = _crop_geometry(img.shape, fov, side, margin)
-    small = resize_image(img, nh, nw)
+    nh, nw, src, dst = _crop_window(img.shape, fov, side, margin)
     out = np.zeros((side, side, img.shape[2]), dtype=np.float32)
-    sx0, sy0 = max(0, ox), max(0, oy)
-    sx1, sy1 = min(nw, ox + side), min(nh, oy + side)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = small[sy0:sy1, sx0:sx1]
+    out[dst] = resize_image(img, nh, nw)[src]
     return out
 
 
 def crop_coverage(shape: tuple[int, ...], fov: Fov, side: int, *, margin: float = 1.0) -> np.ndarray:
     """Boolean ``(side, side)`` mask of the pixels of :func:`canonical_crop` that hold image data, not the black
     fill beyond the image's edges (a field of view wider than the frame, a padded whole-frame image)."""
-    nh, nw, oy, ox = _crop_geometry(shape, fov, side, margin)
     out = np.zeros((side, side), dtype=bool)
-    out[max(0, -oy) : max(0, min(side, nh - oy)), max(0, -ox) : max(0, min(side, nw - ox))] = True
+    out[_crop_window(shape, fov, side, margin)[3]] = True
     return out
 
 
