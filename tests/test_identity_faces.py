@@ -121,3 +121,25 @@ def test_a_confirmed_dlib_score_is_the_smaller_of_direct_and_mirrored(retina256:
     confirmed = fm._dlib_confirmed(grey, lo, o.dlib_upsample, o.min_dlib)
     assert confirmed[0][0] == box and confirmed[0][1] == pytest.approx(min(score, max(same_place)))
     assert confirmed[0][1] > o.min_dlib  # a face is confirmed by its mirror image
+
+
+def test_haar_votes_counted_from_min_haar_equal_the_full_count_there(retina256: np.ndarray) -> None:
+    """The scans stop where no place can reach ``min_haar`` votes; every place that does keeps the votes the full
+    count (every window mirror-checked, both cascades scanned) gives it."""
+    from bench.alt_fundus import render
+    from synfundus_guard.audit.identity import faces as fm
+
+    o = fm.FaceOptions()
+    faces = skdata.lfw_subset()
+    images = [paste_face(retina256, faces[60 + i], side=50 + 15 * i, top=20 + 9 * i, left=30 + 11 * i)
+              for i in range(4)]
+    images += [render(23, i, 0, 256) for i in range(6)]
+    images += [render_visit(PhantomPatient.from_seed(5, i), visit=0, size=128)[0] for i in range(6)]
+    reached = 0
+    for img in images:
+        grey, scale = fm.work_image(img, o.work_side, o.max_enlarge)
+        lo, hi = fm.searched_sides(grey.shape, scale, o)
+        full = [(g, v) for g, v in fm._haar_agreement(grey, lo, hi, o.scale_factor, need=1) if v >= o.min_haar]
+        assert fm._haar_agreement(grey, lo, hi, o.scale_factor, need=o.min_haar) == full
+        reached += bool(full)
+    assert reached >= 3  # the pasted faces reach it
