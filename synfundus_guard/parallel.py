@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -38,16 +39,20 @@ def auto_workers(n_items: int, requested: int = 0, min_per_worker: int = MIN_ITE
 
 
 def limit_threads() -> None:
-    """One thread per worker process (torch, OpenMP, OpenCV, FAISS, BLAS): N workers use N cores."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    """One thread per worker process (torch, OpenMP, OpenCV, FAISS, BLAS): N workers use N cores.
+
+    torch is set here only where it is already imported; where a worker imports it later (an open_clip embedder),
+    it takes its thread count from ``OMP_NUM_THREADS``, set here first. Importing torch only to set it cost every
+    worker ~1.6 s of start-up, and the pixel embedder and the checks do not use it."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # a worker's own environment: OpenMP libraries loaded from here on read it
     import cv2
     import faiss
-    import torch
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # numpy's BLAS was loaded before this ran, so the variable above came too late for it
 
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     cv2.setNumThreads(1)
     faiss.omp_set_num_threads(1)
 

@@ -40,3 +40,21 @@ class _Probe(Check):
 def test_checks_run_with_numpy_blas_on_one_thread() -> None:
     findings = run_checks([_Probe()], [Candidate(file_name="a.png", image=np.zeros((4, 4, 3), np.float32))])
     assert findings[0][0].scores["threads"] == 1.0
+
+
+def test_a_worker_runs_one_thread_without_importing_torch_and_torch_imported_later_follows() -> None:
+    """limit_threads does not import torch (~1.6 s of every worker's start-up); torch imported afterwards in the
+    worker, as an open_clip embedder would, still runs on one thread, whatever the parent's OMP_NUM_THREADS."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from synfundus_guard.parallel import limit_threads\n"
+            "limit_threads()\n"
+            "print('torch' in sys.modules)\n"
+            "import torch\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout.split()
+    assert out == ["False", "1"]
