@@ -117,6 +117,38 @@ def test_group_views_keeps_each_view_once_at_its_best_row():
     assert plain.candidates == ((1, (1, 0, 2)), (2, (0, 2)), (3, (1,)))
 
 
+def test_group_views_equals_grouping_row_by_row():
+    """The vectorised grouping gives what grouping the rows one by one in dicts gives (the earlier code), ties
+    included: candidates tied on their best similarity in the order the rows first name them, views tied on
+    similarity larger first; -1 (no neighbour) ignored."""
+    from synfundus_guard.audit.memorization import group_views
+
+    def by_rows(sims, idx, k, per, view_ids):
+        views: dict[int, dict[int, float]] = {}
+        for row in range(len(sims)):
+            view = row if view_ids is None else int(view_ids[row])
+            for s, j in zip(sims[row], idx[row]):
+                if j >= 0:
+                    seen = views.setdefault(int(j), {})
+                    seen[view] = max(seen.get(view, -np.inf), float(s))
+        best = {j: sorted(((s, v) for v, s in vs.items()), reverse=True)[:per] for j, vs in views.items()}
+        cands = sorted(best, key=lambda j: -best[j][0][0])[:k]
+        return (best[cands[0]][0][0] if cands else -1.0, tuple((j, tuple(v for _, v in best[j])) for j in cands))
+
+    rng = np.random.default_rng(0)
+    for t in range(400):
+        rows, cols = int(rng.integers(1, 90)), int(rng.integers(1, 35))
+        idx = rng.integers(-1 if t % 3 == 0 else 0, int(rng.integers(1, 60)), size=(rows, cols))
+        sims = rng.random((rows, cols)).astype(np.float32)
+        if t % 2:
+            sims = np.round(sims * 5).astype(np.float32) / 5  # many ties
+        view_ids = None if t % 4 == 0 else rng.integers(0, max(1, rows // 2), size=rows)
+        k, per = int(rng.integers(1, 40)), int(rng.integers(1, 4))
+        r = group_views(sims, idx, k, per, view_ids=view_ids)
+        assert (r.embedding_sim, r.candidates) == by_rows(sims, idx, k, per, view_ids)
+    assert group_views(np.zeros((2, 3)), np.full((2, 3), -1), 5).candidates == ()
+
+
 def test_a_template_moved_inside_the_frame_is_retrieved_by_the_shifted_rows(guard):
     """Between visits the eye moves inside the field of view; the search also describes the unmirrored views
     shifted by one descriptor pixel (4 template pixels), so a template moved by 4 template pixels keeps nearly all

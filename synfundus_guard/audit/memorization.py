@@ -65,18 +65,25 @@ def group_views(sims: np.ndarray, idx: np.ndarray, k: int, views_per_candidate: 
     """One image's search results ``(R, k')`` per query row, grouped by training image: the ``k`` closest, each
     with its best ``views_per_candidate`` distinct views (best first). Row ``r`` describes view ``view_ids[r]``
     (default: view ``r``; several rows may describe one view, e.g. at other shifts)."""
-    views: dict[int, dict[int, float]] = {}
-    for row in range(len(sims)):
-        view = row if view_ids is None else int(view_ids[row])
-        for s, j in zip(sims[row], idx[row]):
-            if j >= 0:
-                seen = views.setdefault(int(j), {})
-                seen[view] = max(seen.get(view, -np.inf), float(s))
-    best = {j: sorted(((s, v) for v, s in vs.items()), reverse=True)[:views_per_candidate]
-            for j, vs in views.items()}
-    cands = sorted(best, key=lambda j: -best[j][0][0])[:k]
-    return Retrieval(best[cands[0]][0][0] if cands else -1.0,
-                     tuple((j, tuple(view for _, view in best[j])) for j in cands))
+    sims, idx = np.asarray(sims), np.asarray(idx)
+    rows, cols = idx.shape
+    view = np.repeat(np.arange(rows) if view_ids is None else np.asarray(view_ids, dtype=np.int64)[:rows], cols)
+    j, s = idx.ravel(), sims.ravel()
+    keep = j >= 0
+    j, view, s = j[keep], view[keep], s[keep]
+    if not len(j):
+        return Retrieval(-1.0, ())
+    # a (candidates x views) table of each pair's best score; candidates tied on their best score keep the order
+    # in which the rows first name them, and a candidate's views tied on score put the larger view first
+    cand, first, inv = np.unique(j, return_index=True, return_inverse=True)
+    n_views = int(view.max()) + 1
+    table = np.full((len(cand), n_views), -np.inf)
+    np.maximum.at(table, (inv, n_views - 1 - view), s.astype(np.float64))  # columns: views, largest first
+    best = table.max(axis=1)
+    order = np.lexsort((first, -best))[:k]
+    top = np.argsort(-table[order], axis=1, kind="stable")[:, :views_per_candidate]
+    return Retrieval(float(best[order[0]]), tuple(
+        (int(cand[c]), tuple(n_views - 1 - int(v) for v in t if table[c, v] > -np.inf)) for c, t in zip(order, top)))
 
 
 def retrieve(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[Retrieval]:
