@@ -8,7 +8,7 @@ from skimage import data as skdata
 
 from synfundus_guard.audit.pixel_match import _equalised
 from synfundus_guard.data.fov import detect_fov
-from synfundus_guard.data.memo import content_key, per_image
+from synfundus_guard.data.memo import content_key, per_image, pinned
 
 
 def test_content_key_follows_pixels_dtype_and_shape_not_the_array() -> None:
@@ -43,6 +43,33 @@ def test_per_image_computes_once_per_content_and_evicts_the_oldest() -> None:
     f.cache_clear()
     f(z)
     assert len(calls) == 6
+
+
+def test_pinned_images_are_hashed_once_read_only_and_released_after(monkeypatch) -> None:
+    import hashlib
+
+    from synfundus_guard.data import memo
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.random((16, 16, 3)).astype(np.float32) for _ in range(2))
+    b.setflags(write=False)  # a read-only image stays read-only after the block
+    keys = {id(x): content_key(x) for x in (a, b)}
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(memo.hashlib, "sha256", lambda data: hashed.append(1) or real(data))
+    with pinned([a, b, a[2:]]):  # a view does not own its pixels: not pinned
+        assert len(hashed) == 2
+        for _ in range(3):
+            assert content_key(a) == keys[id(a)] and content_key(b) == keys[id(b)]
+        assert len(hashed) == 2  # found by identity
+        with pytest.raises(ValueError):
+            a[0, 0, 0] = 5.0  # read-only within the block: its key cannot go stale
+        assert content_key(a.copy()) == keys[id(a)]  # an equal copy is hashed, and has the same key
+        content_key(a[2:])
+        assert len(hashed) == 4
+    assert a.flags.writeable and not b.flags.writeable
+    a[0, 0, 0] += 1.0  # changed after the block: another key again
+    assert content_key(a) != keys[id(a)] and len(hashed) == 5
 
 
 def test_cached_fov_and_equalisation_equal_the_computation() -> None:

@@ -15,6 +15,7 @@ import abc
 import math
 from typing import Any, Sequence
 
+from ..data.memo import pinned
 from ..parallel import single_thread_blas
 from ..results import Candidate, Finding
 
@@ -59,7 +60,7 @@ def run_checks(checks: Sequence[Check], batch: Sequence[Candidate]) -> list[list
     (:func:`~synfundus_guard.parallel.single_thread_blas`).
     """
     per_image: list[list[Finding]] = [[] for _ in batch]
-    with single_thread_blas():
+    with single_thread_blas(), pinned([c.image for c in batch]):  # each image hashed once for the checks' memo
         for check in checks:
             try:
                 findings = check.check_batch(batch)

@@ -22,6 +22,7 @@ from ..audit.vessels import MATCH_VERSION as VESSEL_MATCH
 from ..audit.vessels import vessel_scores, vessel_search
 from ..data.folder import ImageRecord
 from ..data.images import load_image
+from ..data.memo import pinned
 from ..embed.base import Embedder
 from ..errors import IndexBuildError, InputError
 from ..fsutil import atomic_write_json
@@ -143,7 +144,7 @@ def _score_files(index: GuardIndex, paths: Sequence[Path], k: int) -> list[tuple
     """(embedding similarity, pixel correlation, vessel score, vessel margin) of holdout image files against the
     index."""
     images = [load_image(p) for p in paths]
-    with single_thread_blas():
+    with single_thread_blas(), pinned(images):
         ves = vessel_scores(index, images)
         return [(s.embedding_sim, s.pixel_ncc, v.score, v.margin)
                 for s, v in zip(score_images(index, images, k=k), ves)]

@@ -43,6 +43,7 @@ import numpy as np
 from ..audit.pixel_match import SKETCH_SIDE, SKETCH_VERSION, VESSEL_VERSION, make_sketch
 from ..data.folder import ImageRecord, scan_folder
 from ..data.images import load_image
+from ..data.memo import pinned
 from ..embed.base import Embedder
 from ..embed.cache import ArrayCache
 from ..errors import IndexBuildError, IndexMismatchError, InputError
@@ -131,7 +132,8 @@ def _templates_of(embedder: Embedder, paths: Sequence[Path]) -> dict[str, list[n
     if not paths:
         return {}
     imgs = [load_image(p) for p in paths]
-    return {name: fn(imgs) for name, (_, fn) in _template_kinds(embedder).items()}
+    with pinned(imgs):  # each image hashed once for the memo the three kinds share
+        return {name: fn(imgs) for name, (_, fn) in _template_kinds(embedder).items()}
 
 
 BUILD_ITEMS_PER_WORKER = 2000
