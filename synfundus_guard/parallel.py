@@ -22,7 +22,7 @@ R = TypeVar("R")
 
 MIN_ITEMS_PER_WORKER = 64
 """Automatic worker counts give each worker at least this many images: starting one costs seconds (interpreter,
-torch, loading an index), checking or embedding 64 images costs several more."""
+OpenCV, FAISS, loading an index), checking or embedding 64 images costs several more."""
 
 
 def cores() -> int:
