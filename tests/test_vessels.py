@@ -512,3 +512,17 @@ def test_spacing_quantile_holds_an_exponential_tail_to_its_quantile():
     assert 0.0002 < np.mean(exceed) < 0.0015
     sample = rng.exponential(0.02, 1000)
     assert spacing_quantile(sample, 0.99) == pytest.approx(np.quantile(sample, 0.99))
+
+
+def test_vessel_map_skips_the_second_ranking_only_where_it_would_change_nothing():
+    """Where the image data covers every ranked pixel the equalised crop is already its own ranking there, so the
+    vessel map skips ranking it again: the same map as ranking it again, for fields inside the frame and cut by it."""
+    from synfundus_guard.audit.pixel_match import _equalised, _rank_equalise, _ranked_mask, _vessel_map, vesselness
+
+    img = render_visit(PhantomPatient.from_seed(6, 2), visit=0, size=256)[0]
+    covered = 0
+    for im in (img, np.ascontiguousarray(img[30:226]), np.ascontiguousarray(img[:, 40:])):
+        eq, is_disc, data = _equalised(im)
+        covered += np.array_equal(data, _ranked_mask(is_disc))
+        np.testing.assert_array_equal(_vessel_map(eq, is_disc, data), vesselness(_rank_equalise(eq, data), data))
+    assert covered == 1  # the whole field, and two cut by the frame

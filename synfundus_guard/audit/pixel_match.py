@@ -48,9 +48,13 @@ COARSE = AlignmentGrid(angles=(0.0,), scales=(1.0,))
 """Only translations: the first pass over all candidates, before the full grid refines the best ones."""
 
 
+@lru_cache(maxsize=2)
 def _ranked_mask(is_disc: bool) -> np.ndarray:
-    """The canonical pixels :func:`_equalised` ranks: the (slightly shrunk) disc, or the whole square."""
-    return disc_mask(SKETCH_SIDE, shrink=0.97) if is_disc else np.ones((SKETCH_SIDE,) * 2, bool)
+    """The canonical pixels :func:`_equalised` ranks: the (slightly shrunk) disc, or the whole square (read-only,
+    computed once)."""
+    mask = disc_mask(SKETCH_SIDE, shrink=0.97) if is_disc else np.ones((SKETCH_SIDE,) * 2, bool)
+    mask.setflags(write=False)
+    return mask
 
 
 @per_image(maxsize=64)  # the memorization and vessels checks equalise the same images, one after the other
@@ -177,17 +181,18 @@ def vesselness(eq: np.ndarray, data: np.ndarray | None = None) -> np.ndarray:
     return np.sqrt(v / (np.percentile(v, 99.5) + 1e-12)).astype(np.float32)
 
 
-def _vessel_map(eq: np.ndarray, data: np.ndarray) -> np.ndarray:
+def _vessel_map(eq: np.ndarray, is_disc: bool, data: np.ndarray) -> np.ndarray:
     """:func:`vesselness` of an equalised canonical crop on the pixels that hold image data (``data``) only: where
     the field of view runs past the frame, the black beyond it is neither ranked nor answered as an edge."""
-    # ranked again on those pixels: eq is in the luminance's order, so these are its ranks there (eq itself where
-    # the data covers every ranked pixel)
-    return vesselness(_rank_equalise(eq, data), data)
+    # ranked again on those pixels: eq is in the luminance's order, so these are its ranks there; where the data
+    # covers every ranked pixel (a field of view inside the frame) that is eq itself, and the sort is skipped
+    ranked = eq if np.array_equal(data, _ranked_mask(is_disc)) else _rank_equalise(eq, data)
+    return vesselness(ranked, data)
 
 
-_BASES = {"band": lambda eq, data: _band(eq), "vessel": _vessel_map}
-"""What each kind of sketch tapers and correlates, from the equalised canonical crop and its pixels of image
-data (:func:`_equalised`): its band-pass, or its vessel map."""
+_BASES = {"band": lambda eq, is_disc, data: _band(eq), "vessel": _vessel_map}
+"""What each kind of sketch tapers and correlates, from :func:`_equalised`'s canonical crop, whether it has a
+field-of-view disc, and its pixels of image data: its band-pass, or its vessel map."""
 VESSEL_VERSION = f"vessel-v4:{SKETCH_SIDE}:edge{VESSEL_EDGE}"
 SUBPIXEL = frozenset({"vessel"})
 """Kinds of sketch whose match score is the correlation peak's height between the searched shifts
@@ -210,7 +215,7 @@ def make_sketch(img: np.ndarray, kind: str = "band") -> np.ndarray:
     """The stored representation of a training image, ``(SKETCH_SIDE, SKETCH_SIDE)`` float16: the band-pass
     sketch of the memorization check (``kind="band"``) or the vessel template of the biometric check."""
     eq, is_disc, data = _equalised(img)
-    spec = _tapered_spectra(_BASES[kind](eq, data)[None], is_disc)[0]
+    spec = _tapered_spectra(_BASES[kind](eq, is_disc, data)[None], is_disc)[0]
     return sfft.irfft2(spec, s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float16)
 
 
@@ -280,7 +285,7 @@ class QuerySketch:
         image with a field-of-view disc, :data:`WIDE` for one without."""
         eq, self.is_disc, data = _equalised(img)
         # filtered once, then warped per view (both filters are close to rotation-invariant)
-        self.base = _BASES[kind](eq, data)
+        self.base = _BASES[kind](eq, self.is_disc, data)
         self.subpixel = kind in SUBPIXEL
         self.grid = grid or ((disc_grid or AlignmentGrid()) if self.is_disc else WIDE)
         self._spectra: dict[tuple[int, float, float], np.ndarray] = {}
