@@ -206,3 +206,23 @@ def test_batched_alignment_equals_one_full_correlation_per_view(retina) -> None:
             assert score == pytest.approx(best[0], abs=1e-5)
             assert (t["orientation"], t["angle"], t["scale"], t["dx"], t["dy"]) == pytest.approx((o, *best[1]))
             assert score == pytest.approx(q.score(sketches[j], orientation=o, angle=a, grid=grid)[0], abs=1e-6)
+
+
+def test_tapered_spectra_are_the_zero_mean_unit_norm_tapered_maps(retina) -> None:
+    """The normalisation (computed in pixel space) against its definition: each tapered map with its mean removed
+    and scaled to unit norm, then transformed (numpy's FFT, double precision)."""
+    from synfundus_guard.audit.pixel_match import _FULL_TAPER, _TAPER, SKETCH_SIDE, _tapered_spectra
+
+    rng = np.random.default_rng(7)
+    q = QuerySketch(retina, kind="vessel")
+    maps = np.stack([q.base, rng.standard_normal((SKETCH_SIDE,) * 2).astype(np.float32) + 3.0,
+                     np.full((SKETCH_SIDE,) * 2, 0.5, np.float32), np.zeros((SKETCH_SIDE,) * 2, np.float32)])
+    for is_disc, taper in ((True, _TAPER), (False, _FULL_TAPER)):
+        got = _tapered_spectra(maps, is_disc)
+        assert got.dtype == np.complex64
+        for m, spec in zip(maps, got):
+            x = m.astype(np.float64) * taper
+            x -= x.mean()
+            norm = np.linalg.norm(x)
+            want = np.fft.rfft2(x / norm) if norm > 1e-6 else np.zeros_like(spec)
+            assert np.abs(spec - want).max() <= 1e-5 * max(np.abs(want).max(), 1.0)

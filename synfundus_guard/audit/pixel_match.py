@@ -78,9 +78,6 @@ def _dog_transfer(side: int, s1: float, s2: float) -> np.ndarray:
 
 
 _DOG = _dog_transfer(SKETCH_SIDE, 1.0, 4.0)
-_PARSEVAL = np.full(_DOG.shape, 2.0, np.float32)
-_PARSEVAL[:, 0] = 1.0
-_PARSEVAL[:, -1] = 1.0 if SKETCH_SIDE % 2 == 0 else 2.0
 
 
 def _band(eq: np.ndarray) -> np.ndarray:
@@ -95,10 +92,14 @@ def _tapered_spectra(maps: np.ndarray, is_disc: bool) -> np.ndarray:
     The band-pass comes before the taper, so the FOV rim and the vignetting ring that every fundus photo shares
     do not count as matching structure.
     """
-    spec = sfft.rfft2(maps * (_TAPER if is_disc else _FULL_TAPER))
+    tapered = maps * (_TAPER if is_disc else _FULL_TAPER)
+    # the energy left once the mean is removed, in pixel space (Parseval: the spectrum's without its DC term)
+    total = tapered.sum(axis=(1, 2), dtype=np.float64)
+    energy = np.square(tapered).sum(axis=(1, 2), dtype=np.float64) - total**2 / (SKETCH_SIDE * SKETCH_SIDE)
+    spec = sfft.rfft2(tapered)
     spec[:, 0, 0] = 0.0
-    energy = np.sum(_PARSEVAL * (spec.real**2 + spec.imag**2), axis=(1, 2)) / (SKETCH_SIDE * SKETCH_SIDE)
-    return spec / np.maximum(np.sqrt(energy), 1e-9)[:, None, None]
+    spec *= (1.0 / np.maximum(np.sqrt(np.maximum(energy, 0.0)), 1e-9)).astype(spec.real.dtype)[:, None, None]
+    return spec
 
 
 LESION_MEDIAN = 11
