@@ -292,7 +292,7 @@ def test_glyph_table_does_not_depend_on_the_frame_around_the_glyphs() -> None:
     from scipy import ndimage as ndi
 
     from synfundus_guard.audit.identity._textdetect import (
-        TextOptions, _components, _extent_images, _glyph_table, _transposed)
+        TextOptions, _components, _extents, _glyph_table, _transposed)
     from synfundus_guard.audit.identity.overlays import draw_text, random_identifier
 
     opts = TextOptions()
@@ -313,9 +313,10 @@ def test_glyph_table_does_not_depend_on_the_frame_around_the_glyphs() -> None:
             if extra:  # in the top-left corner: the box then starts at the image's origin
                 r = np.pad(r, ((30, 0), (30, 0)))
                 r[:12, :12] = np.where(far, 1.0, 0.0)
-            heights, widths = _extent_images(r >= 0.3)
+            half, heights, widths = _extents(r >= 0.3)
             comps = _components(r >= 0.6)
-            rows, turned = _glyph_table(comps, heights, opts), _glyph_table(_transposed(comps), widths.T, opts)
+            rows = _glyph_table(comps, (half, heights), opts)
+            turned = _glyph_table(_transposed(comps), (half.T, widths), opts)
             if extra:  # the corner glyph comes first in raster order either way up: drop it
                 assert tuple(rows[0][:4]) == tuple(turned[0][:4]) == (1, 1, 11, 11)
                 rows, turned, pad = rows[1:], turned[1:], pad + 30

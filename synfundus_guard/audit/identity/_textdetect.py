@@ -109,13 +109,14 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return n - 1, lab, box
 
 
-def _extent_images(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each pixel of ``mask`` holds the height, and the width, of its connected component's bounding box (0
-    elsewhere); the widths are the heights of the transposed mask's components."""
+def _extents(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The label image of ``mask``'s connected components (0 = background) and the height, and the width, of
+    each label's bounding box (label 0: 0); the widths are the heights of the transposed mask's components. A
+    pixel's extent is read where needed (``heights[labels[...]]``), not gathered for the whole image."""
     n, lab, box = _components(mask)
     heights = np.concatenate([[0], box[:, 3] - box[:, 1]]).astype(np.int32)
     widths = np.concatenate([[0], box[:, 2] - box[:, 0]]).astype(np.int32)
-    return heights[lab], widths[lab]
+    return lab, heights, widths
 
 
 def _per_label_max(values: np.ndarray, comp: np.ndarray, n: int) -> np.ndarray:
@@ -164,15 +165,16 @@ def _transposed(components: tuple[int, np.ndarray, np.ndarray]) -> tuple[int, np
     return n, lab.T, box[:, [1, 0, 3, 2]]
 
 
-def _glyph_table(components: tuple[int, np.ndarray, np.ndarray], support: np.ndarray,
+def _glyph_table(components: tuple[int, np.ndarray, np.ndarray], support: tuple[np.ndarray, np.ndarray],
                  opts: TextOptions) -> np.ndarray:
     """Components of a mask (:func:`_components`) that look like glyphs: rows of (x0, y0, x1, y1, glyph count,
     letter-like).
 
     A glyph is glyph-sized, drawn with strokes thin for its height, not a filled blob, and, when wide, a word
-    that crosses many strokes. ``support`` holds the component heights (:func:`_extent_images`) of the same
-    top-hat cut at half the level: a glyph keeps its height there, while a piece of vessel grows into the long
-    structure it belongs to. "Letter-like" glyphs are neither thin bars nor single straight strokes.
+    that crosses many strokes. ``support`` (a label image and each label's height, :func:`_extents`) gives the
+    component heights of the same top-hat cut at half the level: a glyph keeps its height there, while a piece of
+    vessel grows into the long structure it belongs to. "Letter-like" glyphs are neither thin bars nor single
+    straight strokes.
     """
     n, lab, box = components
     if n == 0:
@@ -209,7 +211,9 @@ def _glyph_table(components: tuple[int, np.ndarray, np.ndarray], support: np.nda
     thin = hk / stroke >= 2.2
     not_blob = (area / (hk * wk) <= 0.85) | (wk <= 0.45 * hk)
     word_ok = (wk <= 1.6 * hk) | (strokes >= np.maximum(2.5, wk / hk))
-    isolated = _per_label_max(support[r0:r1, c0:c1].ravel()[pix], comp, m) <= np.maximum(1.5 * hk, hk + 6)
+    support_labels, support_heights = support
+    isolated = (_per_label_max(support_heights[support_labels[r0:r1, c0:c1].ravel()[pix]], comp, m)
+                <= np.maximum(1.5 * hk, hk + 6))
     ok = thin & not_blob & word_ok & isolated
     glyphs = np.where(wk > 1.6 * hk, np.maximum(np.round(strokes / 1.5), 1), 1)
     letter = ((_roundness(pix, comp, area, sub.shape[1]) >= 0.35) | (strokes >= 2.5)) & (wk >= 0.45 * hk)
@@ -276,9 +280,9 @@ def detect_text(image: np.ndarray, options: TextOptions = TextOptions()) -> list
                               if _glyph_sized((_transposed(comps) if vertical else comps)[2], options).any()]
                 if not directions:  # no glyph-sized component (2/3 of the levels of a fundus image): no row
                     continue
-                heights, widths = _extent_images(resp >= max(level / 2, floor))
+                half, heights, widths = _extents(resp >= max(level / 2, floor))
                 for vertical in directions:  # quarter-turned text: rows of the transposed mask
-                    m, support = (_transposed(comps), widths.T) if vertical else (comps, heights)
+                    m, support = (_transposed(comps), (half.T, widths)) if vertical else (comps, (half, heights))
                     need = options.min_glyphs_vertical if vertical else options.min_glyphs
                     for boxes, count in _rows(_glyph_table(m, support, options), need):
                         bx = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
