@@ -99,16 +99,18 @@ class PixelEmbedder(Embedder):
         return colour, band
 
     @staticmethod
-    def _feature_vector(colour: np.ndarray, band: np.ndarray) -> np.ndarray:
-        colour = np.moveaxis(colour, 2, 0).ravel()
-        colour = colour - colour.mean()
-        band = band.ravel() - band.mean()
-        colour /= max(np.linalg.norm(colour), 1e-6)
-        band /= max(np.linalg.norm(band), 1e-6)
-        return np.concatenate([colour, band]).astype(np.float32)
+    def _feature_vectors(colours: np.ndarray, bands: np.ndarray) -> np.ndarray:
+        """Feature rows of views given as colour layouts ``(n, 16, 16, 3)`` and band-passes ``(n, 32, 32)``: each
+        block, channel-major, with its mean removed and scaled to unit norm."""
+        blocks = []
+        for block in (np.moveaxis(colours, 3, 1).reshape(len(colours), -1), bands.reshape(len(bands), -1)):
+            block = block - block.mean(axis=1, keepdims=True)
+            blocks.append(block / np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-6)[:, None])
+        return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def _view_features(self, canon: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self._feature_vector(*self._view_maps(canon, mask))
+        colour, band = self._view_maps(canon, mask)
+        return self._feature_vectors(colour[None], band[None])[0]
 
     def _views(self, canon: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
         """Features of view (orientation o, angle a) = ``rotate_scale(orient(canon, o), a)``, for every o, a.
@@ -119,12 +121,10 @@ class PixelEmbedder(Embedder):
         """
         maps = {a: self._view_maps(canon if a == 0 else rotate_scale(canon, a), mask)
                 for a in {*VIEW_ANGLES, *(-a for a in VIEW_ANGLES)}}
-        out = []
-        for o in range(ORIENTATIONS):
-            for angle in VIEW_ANGLES:
-                colour, band = maps[-angle if o >= 4 and angle else angle]
-                out.append(self._feature_vector(orient(colour, o), orient(band, o)))
-        return out
+        views = [maps[-angle if o >= 4 and angle else angle] for o in range(ORIENTATIONS) for angle in VIEW_ANGLES]
+        orientations = [o for o in range(ORIENTATIONS) for _ in VIEW_ANGLES]
+        return list(self._feature_vectors(np.stack([orient(c, o) for (c, _), o in zip(views, orientations)]),
+                                          np.stack([orient(b, o) for (_, b), o in zip(views, orientations)])))
 
     def features(self, images: Sequence[np.ndarray], *, views: bool = False) -> np.ndarray:
         rows = []
