@@ -291,21 +291,25 @@ class QuerySketch:
         self.grid = grid or ((disc_grid or AlignmentGrid()) if self.is_disc else WIDE)
         self._spectra: dict[tuple[int, float, float], np.ndarray] = {}
 
-    def _spectrum_stack(self, keys: list[tuple[int, float, float]]) -> np.ndarray:
-        """Spectra of the views ``(orientation, angle, scale)``, computing the missing ones in one batch."""
+    def _spectrum_rows(self, keys: list[tuple[int, float, float]]) -> tuple[np.ndarray, np.ndarray]:
+        """Spectra of the distinct views among ``keys`` ``(orientation, angle, scale)``, stacked, and the row of
+        each key; the views not yet computed are warped and transformed in batches of :data:`BATCH`."""
         keys = [(o, round(a, 3), round(sc, 3)) for o, a, sc in keys]
-        missing = [k for k in dict.fromkeys(keys) if k not in self._spectra]
-        if missing:
+        distinct = list(dict.fromkeys(keys))
+        missing = [k for k in distinct if k not in self._spectra]
+        for i in range(0, len(missing), BATCH):
             warped = []
-            for orientation, angle, scale in missing:
+            for orientation, angle, scale in missing[i : i + BATCH]:
                 base = orient(self.base, orientation)
                 warped.append(base if (angle == 0 and scale == 1) else rotate_scale(base, angle, scale))
-            self._spectra.update(zip(missing, _tapered_spectra(np.stack(warped), self.is_disc)))
-        return np.stack([self._spectra[k] for k in keys])
+            self._spectra.update(zip(missing[i : i + BATCH], _tapered_spectra(np.stack(warped), self.is_disc)))
+        row = {k: r for r, k in enumerate(distinct)}
+        return (np.stack([self._spectra[k] for k in distinct]),
+                np.fromiter((row[k] for k in keys), dtype=np.intp, count=len(keys)))
 
     def template(self) -> np.ndarray:
         """The query as :func:`make_sketch` would store it (unwarped), float32."""
-        return sfft.irfft2(self._spectrum_stack([(0, 0.0, 1.0)])[0], s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
+        return sfft.irfft2(self._spectrum_rows([(0, 0.0, 1.0)])[0][0], s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
 
     def score(self, sketch: np.ndarray, *, orientation: int = 0, angle: float = 0.0,
               grid: AlignmentGrid | None = None) -> tuple[float, dict[str, float]]:
@@ -322,9 +326,10 @@ class QuerySketch:
         offsets = [(da, s) for da in g.angles for s in g.scales]
         keys = [(o, a + da, s) for _, o, a in pairs for da, s in offsets]
         which = np.repeat(np.fromiter((j for j, _, _ in pairs), dtype=np.intp, count=len(pairs)), len(offsets))
+        views, row = self._spectrum_rows(keys)
         m = g.max_shift
         window = np.concatenate([
-            shift_window(self._spectrum_stack(keys[i : i + BATCH]) * tspec[which[i : i + BATCH]], m)
+            shift_window(views[row[i : i + BATCH]] * tspec[which[i : i + BATCH]], m)
             for i in range(0, len(keys), BATCH)
         ]).reshape(len(pairs), len(offsets), 2 * m + 1, 2 * m + 1)
         per_pair = window.reshape(len(pairs), -1)
