@@ -9,6 +9,7 @@ their FOV: canonicalisation then simply pads to a square and resizes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -203,17 +204,26 @@ def rotate_scale(img: np.ndarray, angle: float, scale: float = 1.0) -> np.ndarra
     Bilinear, black outside the input (OpenCV's ``warpAffine``, which places samples to 1/32 pixel).
     """
     side = img.shape[0]
+    if img.ndim == 3 and img.shape[2] > 4:  # OpenCV warps at most 4 channels at once
+        return np.stack([rotate_scale(img[..., k], angle, scale) for k in range(img.shape[2])], axis=2)
+    m = _warp_matrix(side, float(angle), float(scale))
+    out = cv2.warpAffine(np.ascontiguousarray(img), m, (img.shape[1], side),
+                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.reshape(img.shape)
+
+
+@lru_cache(maxsize=4096)
+def _warp_matrix(side: int, angle: float, scale: float) -> np.ndarray:
+    """:func:`rotate_scale`'s matrix for OpenCV (read-only; the alignment warps the same few hundred views of
+    every image)."""
     c = (side - 1) / 2
     th = np.deg2rad(angle)
     rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) / scale  # (row, col) -> (row, col)
     offset = np.array([c, c]) - rot @ np.array([c, c])
-    if img.ndim == 3 and img.shape[2] > 4:  # OpenCV warps at most 4 channels at once
-        return np.stack([rotate_scale(img[..., k], angle, scale) for k in range(img.shape[2])], axis=2)
     # OpenCV's matrix maps (x, y) = (col, row) of the output to the input
     m = np.array([[rot[1, 1], rot[1, 0], offset[1]], [rot[0, 1], rot[0, 0], offset[0]]])
-    out = cv2.warpAffine(np.ascontiguousarray(img), m, (img.shape[1], side),
-                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out.reshape(img.shape)
+    m.setflags(write=False)
+    return m
 
 
 ORIENTATIONS = 8
