@@ -326,6 +326,30 @@ def test_engine_and_address_are_checked(ds, tmp_path):
     assert lone.exit_code == 2 and "--engine ray" in lone.output and not (tmp_path / "o2").exists()
 
 
+def test_the_alignment_device_is_checked_and_its_torch_path_gives_the_same_verdicts(ds, leaky_run, tmp_path):
+    """``--device``: an unknown name, or CUDA on a machine without a GPU, is a one-line error before any work;
+    ``torch-cpu`` runs the GPU code path on the CPU: the local run's verdicts and reasons, scores within 0.005."""
+    import torch
+
+    release = copy_release(ds["leaky"], tmp_path / "leaky")
+    bad = runner.invoke(app, audit_args(ds, release, tmp_path / "o1", "--device", "tpu"))
+    assert bad.exit_code == 2 and "unknown device" in bad.output and not (tmp_path / "o1").exists()
+    if not torch.cuda.is_available():
+        gpu = runner.invoke(app, audit_args(ds, release, tmp_path / "o2", "--device", "cuda"))
+        assert gpu.exit_code == 2 and "no CUDA GPU" in gpu.output and not (tmp_path / "o2").exists()
+    res = runner.invoke(app, audit_args(ds, release, tmp_path / "out", "--device", "torch-cpu", "--workers", "1"))
+    assert res.exit_code == 1, res.output
+    assert "aligning on cpu" in res.output
+    _, local, _ = leaky_run
+    one, two = (json.loads((o / "report.json").read_text()) for o in (local, tmp_path / "out"))
+    def verdicts(report):  # the reasons quote scores to 3 decimals: compare which checks gave them
+        return [(i["file_name"], i["verdict"], [r.split(":")[0] for r in i["reasons"]]) for i in report["images"]]
+
+    assert verdicts(one) == verdicts(two)
+    for a, b in zip(one["images"], two["images"]):
+        assert all(abs(a["scores"][k] - b["scores"][k]) <= 0.005 for k in a["scores"])
+
+
 @pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed: apt-get install tesseract-ocr")
 def test_a_burned_in_training_patient_id_blocks_even_where_text_only_warns(ds, tmp_path):
     """The audit reads text rows for the training and holdout sets' identifiers: a training patient's id burned

@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from ..index.store import GuardIndex
+from ._align_torch import device_fingerprint
 from .base import Candidate, Check, Finding
 from .pixel_match import ALIGN_VERSION, COARSE, SKETCH_VERSION, QuerySketch, sketch_spectra
 
@@ -201,14 +202,16 @@ def align_best(query: QuerySketch, retrieval: Retrieval, templates: np.ndarray, 
     return a.score, a.best, a.transform
 
 
-def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int) -> list[MemoScore]:
-    """Score images against the training index (both stages)."""
+def score_images(index: GuardIndex, images: Sequence[np.ndarray], *, k: int,
+                 device: str | None = None) -> list[MemoScore]:
+    """Score images against the training index (both stages; the alignment on the torch ``device`` where given,
+    :class:`~.pixel_match.QuerySketch`)."""
     out = []
     for img, r in zip(images, retrieve(index, images, k=k)):
         # The unrotated view is always tried too: a generator's copies are mostly unrotated, and where the
         # embedding separates the training images poorly (few of them, similar anatomy) its view ranking is noise.
-        score, j, t = align_best(QuerySketch(img), r, index.sketches, view_params=index.embedder.view_params,
-                                 extra_views=(IDENTITY_VIEW,))
+        score, j, t = align_best(QuerySketch(img, device=device), r, index.sketches,
+                                 view_params=index.embedder.view_params, extra_views=(IDENTITY_VIEW,))
         out.append(MemoScore(r.embedding_sim, score, j, t, tuple(c for c, _ in r.candidates)))
     return out
 
@@ -219,8 +222,10 @@ class MemorizationCheck(Check):
     name = "memorization"
 
     def __init__(self, *, index: GuardIndex, k: int, embedding_threshold: float, pixel_threshold: float,
-                 calibration_info: dict | None = None):
+                 calibration_info: dict | None = None, device: str | None = None):
         self.index = index
+        self.device = device
+        """Torch device of the alignment (:func:`~._align_torch.resolve_device`); ``None``: the CPU path."""
         self.k = k
         self.embedding_threshold = float(embedding_threshold)
         self.pixel_threshold = float(pixel_threshold)
@@ -235,10 +240,11 @@ class MemorizationCheck(Check):
             "pixel_threshold": self.pixel_threshold,
             "embedder": self.index.embedder.fingerprint(),
             **self.calibration_info,
+            **device_fingerprint(self.device),
         }
 
     def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
-        scores = score_images(self.index, [c.image for c in batch], k=self.k)
+        scores = score_images(self.index, [c.image for c in batch], k=self.k, device=self.device)
         findings = []
         for s in scores:
             reasons = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -281,15 +281,18 @@ class QuerySketch:
     """A candidate image prepared for alignment against many training sketches (views built lazily)."""
 
     def __init__(self, img: np.ndarray, grid: AlignmentGrid | None = None, *, kind: str = "band",
-                 disc_grid: AlignmentGrid | None = None):
+                 disc_grid: AlignmentGrid | None = None, device: str | None = None):
         """``grid``: the refinement searched; by default ``disc_grid`` (default :class:`AlignmentGrid`) for an
-        image with a field-of-view disc, :data:`WIDE` for one without."""
+        image with a field-of-view disc, :data:`WIDE` for one without. ``device``: a torch device the views'
+        warps, spectra and correlation windows are computed on (:mod:`._align_torch`; resolved by its
+        ``resolve_device``), ``None`` for this module's CPU path."""
         eq, self.is_disc, data = _equalised(img)
         # filtered once, then warped per view (both filters are close to rotation-invariant)
         self.base = _BASES[kind](eq, self.is_disc, data)
         self.subpixel = kind in SUBPIXEL
         self.grid = grid or ((disc_grid or AlignmentGrid()) if self.is_disc else WIDE)
-        self._spectra: dict[tuple[int, float, float], np.ndarray] = {}
+        self.device = device
+        self._spectra: dict[tuple[int, float, float], Any] = {}
 
     def _spectrum_rows(self, keys: list[tuple[int, float, float]]) -> tuple[np.ndarray, np.ndarray]:
         """Spectra of the distinct views among ``keys`` ``(orientation, angle, scale)``, stacked, and the row of
@@ -308,13 +311,35 @@ class QuerySketch:
                 np.fromiter((row[k] for k in keys), dtype=np.intp, count=len(keys)))
 
     def template(self) -> np.ndarray:
-        """The query as :func:`make_sketch` would store it (unwarped), float32."""
+        """The query as :func:`make_sketch` would store it (unwarped), float32 (always from the CPU path: it is
+        what the vessel search describes)."""
+        if self.device is not None:  # the device path's cache holds device tensors
+            return sfft.irfft2(_tapered_spectra(self.base[None], self.is_disc)[0],
+                               s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
         return sfft.irfft2(self._spectrum_rows([(0, 0.0, 1.0)])[0][0], s=(SKETCH_SIDE, SKETCH_SIDE)).astype(np.float32)
 
     def score(self, sketch: np.ndarray, *, orientation: int = 0, angle: float = 0.0,
               grid: AlignmentGrid | None = None) -> tuple[float, dict[str, float]]:
         """Best NCC against a training ``sketch`` around the view (``orientation``, ``angle``) and the transform."""
         return self.score_many(sketch_spectra(np.asarray(sketch)[None]), [(0, orientation, angle)], grid=grid)[0]
+
+    def _windows(self, keys: list[tuple[int, float, float]], tspec: np.ndarray, which: np.ndarray,
+                 m: int) -> np.ndarray:
+        """Correlation windows ``(len(keys), 2m+1, 2m+1)`` of the views ``keys`` with the training spectra
+        ``tspec[which]``, on this module's CPU path or on the query's torch device."""
+        if self.device is None:
+            views, row = self._spectrum_rows(keys)
+            return np.concatenate([shift_window(views[row[i : i + BATCH]] * tspec[which[i : i + BATCH]], m)
+                                   for i in range(0, len(keys), BATCH)])
+        import torch
+
+        from ._align_torch import view_spectra, windows
+
+        keys = [(o, round(a, 3), round(sc, 3)) for o, a, sc in keys]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._spectra]
+        if missing:
+            self._spectra.update(zip(missing, view_spectra(self.base, self.is_disc, missing, self.device)))
+        return windows(torch.stack([self._spectra[k] for k in keys]), tspec, which, m)
 
     def score_many(self, tspec: np.ndarray, pairs: Sequence[tuple[int, int, float]], *,
                    grid: AlignmentGrid | None = None) -> list[tuple[float, dict[str, float]]]:
@@ -326,12 +351,8 @@ class QuerySketch:
         offsets = [(da, s) for da in g.angles for s in g.scales]
         keys = [(o, a + da, s) for _, o, a in pairs for da, s in offsets]
         which = np.repeat(np.fromiter((j for j, _, _ in pairs), dtype=np.intp, count=len(pairs)), len(offsets))
-        views, row = self._spectrum_rows(keys)
         m = g.max_shift
-        window = np.concatenate([
-            shift_window(views[row[i : i + BATCH]] * tspec[which[i : i + BATCH]], m)
-            for i in range(0, len(keys), BATCH)
-        ]).reshape(len(pairs), len(offsets), 2 * m + 1, 2 * m + 1)
+        window = self._windows(keys, tspec, which, m).reshape(len(pairs), len(offsets), 2 * m + 1, 2 * m + 1)
         per_pair = window.reshape(len(pairs), -1)
         flat = np.argmax(per_pair, axis=1)
         heights = peak_heights(window, flat) if self.subpixel else per_pair[np.arange(len(pairs)), flat]

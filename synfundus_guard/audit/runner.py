@@ -32,6 +32,7 @@ from ..policies.schema import Policy
 from ..progress import NULL_PROGRESS, Progress
 from ..release.report import check_report_folder, write_report
 from ..results import ImageResult, ReleaseVerdict, Report, summarize
+from ._align_torch import resolve_device
 from .base import Check, Finding
 from .journal import Journal, decode_findings, holds_journal
 from .memorization import MemorizationCheck
@@ -168,8 +169,11 @@ def build_checks_for_model(
     return build_checks(policy=policy, guard=guard, progress=progress)
 
 
-def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NULL_PROGRESS) -> list[Check]:
-    """The per-image checks ``policy`` enables, with thresholds from the guard's calibration.
+def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NULL_PROGRESS,
+                 device: str | None = None) -> list[Check]:
+    """The per-image checks ``policy`` enables, with thresholds from the guard's calibration; ``device``: the torch
+    device the memorization and vessels checks align on (resolved, :func:`~._align_torch.resolve_device`;
+    ``None``: the CPU path).
 
     Raises :class:`InputError` when the policy enables the memorization check but no training data was given.
     """
@@ -187,6 +191,7 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
                 pixel_threshold=cal.threshold(cal.pixel_nccs, mp.pixel_quantile),
                 calibration_info={"embedding_quantile": mp.embedding_quantile, "pixel_quantile": mp.pixel_quantile,
                                   "n_holdout": int(len(cal.embedding_sims))},
+                device=device,
             )
         )
     else:
@@ -202,7 +207,8 @@ def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NU
                                   margin_threshold=margin,
                                   calibration_info={"quantile": vp.quantile, "rule_quantile": q,
                                                     "n_holdout": int(len(cal.vessel_scores))},
-                                  first_pass=getattr(vp, "first_pass", True)))  # a plain FilterPolicy: on
+                                  first_pass=getattr(vp, "first_pass", True),  # a plain FilterPolicy: on
+                                  device=device))
     summary = guard.calibration.summary() if checks and guard is not None else {}
     for check in checks:  # the calibrated checks carry the holdout distributions their thresholds come from
         check.calibration = summary
@@ -239,13 +245,14 @@ def _check_paths(release_dir: Path, out_dir: Path) -> None:
 
 
 def plan_checks(policy: Policy, index_dir: Path | None, embedder: str | Embedder,
-                calibration: Calibration | None, identifiers: tuple[str, ...] = ()) -> list[Check]:
+                calibration: Calibration | None, identifiers: tuple[str, ...] = (),
+                device: str | None = None) -> list[Check]:
     """Build the checks again from picklable parts (in a worker process: the index is loaded from its folder)."""
     guard = None
     if index_dir is not None and calibration is not None:
         emb = embedder_from_spec(embedder) if isinstance(embedder, str) else embedder
         guard = Guard(index=load_index(index_dir, emb), calibration=calibration, identifiers=identifiers)
-    return build_checks(policy=policy, guard=guard)
+    return build_checks(policy=policy, guard=guard, device=device)
 
 
 def check_images(
@@ -323,6 +330,7 @@ def audit_release(
     address: str | None = None,
     formats: Sequence[str] = (),
     evaluate: Any = None,
+    device: str = "cpu",
     progress: Progress = NULL_PROGRESS,
 ) -> AuditResult:
     """Audit ``release_dir`` under ``policy``; writes the report to ``out_dir``. See the module docstring.
@@ -331,7 +339,9 @@ def audit_release(
     :func:`.workers.auto_workers`); 1 checks in this process. ``formats``: report formats written beside
     ``report.json`` (:data:`~synfundus_guard.formats.OutputFormat` names) on top of :data:`AUDIT_FORMATS`.
     ``evaluate``: :class:`~synfundus_guard.fidelity.evaluate.EvaluateOptions` to also measure fidelity and
-    utility against the holdout (``release_checks["fidelity"]``, judged by the policy's fidelity limits)."""
+    utility against the holdout (``release_checks["fidelity"]``, judged by the policy's fidelity limits).
+    ``device``: where the memorization and vessels checks align images (``cpu``, ``cuda``, ``cuda:N`` or ``auto``;
+    :func:`~._align_torch.resolve_device`); the index, its calibration and the other checks use the CPU."""
     release_dir, out_dir = Path(release_dir), Path(out_dir)
     _check_paths(release_dir, out_dir)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -341,6 +351,7 @@ def audit_release(
     if address is not None and engine != "ray":
         raise InputError("--address names a Ray cluster: use it with --engine ray")
     formats = _formats(formats)
+    align_device = resolve_device(device)
     n_images = len(list_images(release_dir, follow_links=False))  # empty, missing or linked: refused up front
     if write_release_manifest:
         from ..release.manifest import refuse_hidden
@@ -368,7 +379,9 @@ def audit_release(
         release_checks["fidelity"] = evaluate_release_fidelity(release_dir=release_dir, real_dir=holdout_dir,
                                                                train_dir=train_dir, options=evaluate,
                                                                progress=progress)
-    checks = build_checks(policy=policy, guard=guard, progress=progress)
+    checks = build_checks(policy=policy, guard=guard, progress=progress, device=align_device)
+    if align_device is not None:
+        progress.log(f"aligning on {align_device}")
     n_workers = auto_workers(n_images, workers) if engine == "local" else workers
     if engine == "ray":
         progress.log(f"checking on Ray ({address or 'a local instance'}, "
@@ -377,7 +390,7 @@ def audit_release(
         progress.log(f"checking in {n_workers} worker processes")
     factory = partial(plan_checks, policy, guard.index.path if guard else None,
                       guard.index.embedder if guard else embedder, guard.calibration if guard else None,
-                      guard.identifiers if guard else ())
+                      guard.identifiers if guard else (), align_device)
     made_out = not out_dir.exists()
     journal = Journal(out_dir, _journal_key(policy, checks, guard))
     try:

@@ -39,6 +39,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from ..index.store import GuardIndex, resolve_kind
+from ._align_torch import device_fingerprint
 from .base import Candidate, Check, Finding
 from .memorization import Alignment, coarse_pass, refine_pairs, refine_pass
 from .pixel_match import ALIGN_VERSION, SUBPIXEL, VESSEL_VERSION, AlignmentGrid, QuerySketch
@@ -141,18 +142,20 @@ def _scored(index: GuardIndex, a: Alignment, refined_all: bool) -> VesselScore:
 
 
 def vessel_scores(index: GuardIndex, images: Sequence[np.ndarray], *, k: int = CANDIDATES, views: int = VIEWS,
-                  refine: int = FIRST_PASS, clears: Callable[[VesselScore], bool] | None = None) -> list[VesselScore]:
+                  refine: int = FIRST_PASS, clears: Callable[[VesselScore], bool] | None = None,
+                  device: str | None = None) -> list[VesselScore]:
     """Match score, training index, transform and margin of each image against its retrieved candidates, every
     candidate refined.
 
     With ``clears`` (the check's rules: does this score flag nothing?), a first pass refines only the ``refine``
     best candidate-views and the best view of each of the ``refine`` candidates retrieved first; an image it clears
-    keeps the first pass's scores, and only the others are refined in full (:data:`FIRST_PASS`).
+    keeps the first pass's scores, and only the others are refined in full (:data:`FIRST_PASS`). ``device``: the
+    alignment's torch device (:class:`~.pixel_match.QuerySketch`), ``None`` for the CPU path.
     """
     search = vessel_search(index)
     out = []
     for img in images:
-        query = QuerySketch(img, kind="vessel", disc_grid=REVISIT_GRID)
+        query = QuerySketch(img, kind="vessel", disc_grid=REVISIT_GRID, device=device)
         retrieval = search.retrieve([query.template()], k=k, views=views)[0]
         coarse = coarse_pass(query, retrieval, index.vessels, view_params=view_params, extra_views=SAME_EYE_VIEWS)
         if coarse is None:
@@ -180,8 +183,10 @@ class VesselCheck(Check):
     name = "vessels"
 
     def __init__(self, *, index: GuardIndex, threshold: float, margin_threshold: float | None = None,
-                 calibration_info: dict | None = None, first_pass: bool = True):
+                 calibration_info: dict | None = None, first_pass: bool = True, device: str | None = None):
         self.index = index
+        self.device = device
+        """Torch device of the alignment (:func:`~._align_torch.resolve_device`); ``None``: the CPU path."""
         self.first_pass = first_pass
         """Clear images on :data:`FIRST_PASS` (``False``: refine every candidate of every image)."""
         self.threshold = float(threshold)
@@ -200,7 +205,8 @@ class VesselCheck(Check):
     def fingerprint(self) -> dict:
         return {"name": self.name, "match": MATCH_VERSION, "threshold": self.threshold,
                 "margin_threshold": self.margin_threshold,
-                "first_pass": FIRST_PASS_VERSION if self.first_pass else None, **self.calibration_info}
+                "first_pass": FIRST_PASS_VERSION if self.first_pass else None, **self.calibration_info,
+                **device_fingerprint(self.device)}
 
     def reasons(self, v: VesselScore) -> tuple[str, ...]:
         out = []
@@ -214,7 +220,7 @@ class VesselCheck(Check):
     def check_batch(self, batch: Sequence[Candidate]) -> list[Finding]:
         findings = []
         clears = (lambda v: not self.reasons(v)) if self.first_pass else None
-        for v in vessel_scores(self.index, [c.image for c in batch], clears=clears):
+        for v in vessel_scores(self.index, [c.image for c in batch], clears=clears, device=self.device):
             reasons = self.reasons(v)
             rec = self.index.records[v.best] if v.best >= 0 else {}
             scores = {SCORE_KEY: round(v.score, 6)} | ({MARGIN_KEY: round(v.margin, 6)} if np.isfinite(v.margin)

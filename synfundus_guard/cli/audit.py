@@ -40,6 +40,10 @@ def audit(
                                   "holdout (as guard evaluate) and judge the policy's fidelity limits."),
     labels: Optional[str] = typer.Option(None, "--labels", help="With --evaluate: label columns to test, e.g. "
                                          "dr_grade,amd."),
+    device: str = typer.Option("cpu", "--device", help="Where the memorization and vessels checks align images: "
+                               "cpu, cuda, cuda:N, auto (cuda when torch sees a GPU) or torch-cpu (the GPU code "
+                               "path on the CPU, to compare). GPU and CPU scores differ by rounding (within "
+                               "0.005)."),
 ) -> None:
     """Audit RELEASE: memorization (FAISS kNN + aligned pixel check) and identity checks under a policy.
 
@@ -67,7 +71,7 @@ def audit(
             release_dir=release, out_dir=out, policy=pol, train_dir=train, holdout_dir=holdout, model_dir=model,
             embedder=embedder, index_dir=index, cache_dir=cache_dir, batch_size=batch_size,
             write_release_manifest=manifest, workers=workers, engine=engine, address=address,
-            formats=[f.value for f in formats or []], evaluate=options, progress=progress,
+            formats=[f.value for f in formats or []], evaluate=options, device=device, progress=progress,
         )
     render_report(result.report, result.verdict, console=console)
     folder = result.report_path.parent
