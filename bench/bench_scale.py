@@ -3,6 +3,7 @@ worker processes, index build rate, and a projection for a SynFundus-sized audit
 
     .venv/bin/python bench/bench_scale.py [--train 400] [--holdout 100] [--release 256] [--size 256]
                                           [--workers 1,2] [--build-train 1200] [--index-sizes 1000,10000] [--quick]
+                                          [--device cuda]
 
 Data: phantom patients of seed 31 (training, one visit each), seed 32 (holdout) and seed 33 (the "release":
 novel patients), written as PNG files at ``--size`` px; policy ``public`` (every per-image check).
@@ -12,6 +13,8 @@ run ``audit_release`` with a warm index (built and calibrated once before, so th
 ``--workers`` processes (and Ray actors); their steady rate counts the batches after the first one, as a large
 release sees it. The baseline is PIL decoding the same release files, measured in the same run. The index-build
 rows build and calibrate an index of ``--build-train`` other patients (seed 34) with 1 and 2 worker processes.
+With ``--device`` (``cuda``, ``auto``), the memorization and vessels checks are also timed with their
+alignment on that torch device (per-stage rows and a one-worker end-to-end run, beside the CPU rows of the same run).
 The last table times every check per image (alone, in this process, on the same release images) against training
 indexes of ``--index-sizes`` other patients (seed 35): the searches grow with the index, alignment does not.
 """
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import table  # noqa: E402
+from synfundus_guard.audit._align_torch import resolve_device  # noqa: E402
 from synfundus_guard.audit.runner import audit_release, build_checks, prepare_guard  # noqa: E402
 from synfundus_guard.audit.vessels import VesselCheck  # noqa: E402
 from synfundus_guard.audit.workers import read_candidate  # noqa: E402
@@ -96,6 +100,8 @@ def main() -> None:
     ap.add_argument("--index-sizes", type=lambda v: [int(x) for x in v.split(",") if x], default=[1000, 10_000],
                     help="training-index sizes of the check-time rows ('' to skip; 100000 takes ~1 h to index)")
     ap.add_argument("--quick", action="store_true", help="small sets (smoke run)")
+    ap.add_argument("--device", default="cpu", help="also time the alignment on this torch device (cuda, auto): "
+                    "per-stage rows and a one-worker end-to-end run beside the CPU ones")
     args = ap.parse_args()
     if args.quick:
         args.train, args.holdout, args.release, args.build_train, args.index_sizes = 60, 30, 64, 0, [100]
@@ -144,27 +150,37 @@ def main() -> None:
         s = time_checks([full], cands)[full.name]
         rows.append(["(baseline) vessels, every candidate refined", f"{len(rels) / s:.1f}",
                      f"{1000 * s / len(rels):.1f}", f"{base * s / len(rels):.2f}"])
+        if args.device != "cpu":  # the alignment on a torch device, beside the CPU rows above
+            device = resolve_device(args.device)
+            on_device = [c for c in build_checks(policy=policy, guard=guard, device=device)
+                         if c.name in ("memorization", "vessels")]
+            for name, s in time_checks(on_device, cands).items():
+                rows.append([f"{name}, aligned on {args.device}", f"{len(rels) / s:.1f}", f"{1000 * s / len(rels):.1f}",
+                             f"{base * s / len(rels):.2f}"])
         table(f"Per-stage cost, one process, {args.size} px, {len(rels)} release images vs {args.train} training "
               f"images (baseline: PIL decode {base:.0f} img/s)", ["stage", "img/s", "ms/img", "x decode"], rows)
 
         # End to end, warm index, 1..N worker processes.
         rows = []
-        runs = [("local", int(x)) for x in args.workers.split(",") if x]
-        runs += [("ray", int(x)) for x in args.ray.split(",") if x]
+        runs = [("local", int(x), "cpu") for x in args.workers.split(",") if x]
+        runs += [("ray", int(x), "cpu") for x in args.ray.split(",") if x]
+        runs += [("local", 1, args.device)] if args.device != "cpu" else []
         first: dict[str, float] = {}
         verdicts = set()
-        for engine, w in runs:
-            out = tmp / f"report_{engine}{w}"
+        for engine, w, device in runs:
+            out = tmp / f"report_{engine}{w}{device}"
             timeline = Timeline()
             t0 = time.perf_counter()
             res = audit_release(release_dir=tmp / "release", out_dir=out, policy=policy, train_dir=tmp / "train",
                                 holdout_dir=tmp / "holdout", cache_dir=tmp / "cache", workers=w, engine=engine,
-                                write_release_manifest=False, progress=timeline)
+                                write_release_manifest=False, device=device, progress=timeline)
             s = time.perf_counter() - t0
             rate, steady = len(rels) / s, timeline.steady_rate()
             first.setdefault(engine, steady)
-            verdicts.add(tuple((i.file_name, i.verdict, tuple(i.reasons)) for i in res.report.images))
-            rows.append([engine, w, f"{s:.1f}", f"{rate:.2f}", f"{steady:.2f}", f"{base / steady:.0f}x",
+            if device == "cpu":  # scores on another device differ by rounding, and so may the reasons' digits
+                verdicts.add(tuple((i.file_name, i.verdict, tuple(i.reasons)) for i in res.report.images))
+            label = engine if device == "cpu" else f"{engine}, aligned on {device}"
+            rows.append([label, w, f"{s:.1f}", f"{rate:.2f}", f"{steady:.2f}", f"{base / steady:.0f}x",
                          f"{steady / first[engine]:.2f}", res.verdict.verdict, res.report.summary["n_fail"]])
         jobs = []
         if rows:  # --workers '' --ray '': no end-to-end runs
