@@ -140,8 +140,10 @@ def build_checks_for_model(
     embedder: str = DEFAULT_SPEC,
     cache_dir: Path | None = None,
     progress: Progress = NULL_PROGRESS,
+    device: str | None = None,
 ) -> list[Check]:
-    """The checks for sampling from ``model_dir``: its card's training split is indexed, its holdout calibrates.
+    """The checks for sampling from ``model_dir``: its card's training split is indexed, its holdout calibrates
+    (``device``: as :func:`build_checks` takes it).
 
     Raises :class:`~synfundus_guard.errors.ModelError` for a model without a training card (its training data
     is unknown, so memorization cannot be checked) or whose training images are gone.
@@ -166,7 +168,7 @@ def build_checks_for_model(
     guard = prepare_guard(train_records=[by_name[f] for f in card.data.train_files],
                           holdout_records=[by_name[f] for f in card.data.holdout_files], k=policy.memorization.k,
                           embedder=embedder, cache_dir=cache_dir, progress=progress)
-    return build_checks(policy=policy, guard=guard, progress=progress)
+    return build_checks(policy=policy, guard=guard, progress=progress, device=device)
 
 
 def build_checks(*, policy: Policy, guard: Guard | None, progress: Progress = NULL_PROGRESS,

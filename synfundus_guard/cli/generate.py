@@ -31,15 +31,16 @@ def parse_labels(text: str | None) -> dict[str, str]:
     return labels
 
 
-def build_checks(model_dir: Path, policy: Policy, progress: Progress) -> list:
-    """The per-image checks for ``policy`` against the model's training data.
+def build_checks(model_dir: Path, policy: Policy, progress: Progress, device: str | None = None) -> list:
+    """The per-image checks for ``policy`` against the model's training data (aligning on the torch ``device``
+    where given: sampling on a GPU aligns there too).
 
     SINGLE CALL SITE for the audit wiring: ``synfundus_guard.audit.runner.build_checks_for_model`` builds the
     FAISS index from the training split named in the model's card and calibrates on its holdout split.
     """
     from ..audit.runner import build_checks_for_model
 
-    return list(build_checks_for_model(model_dir=model_dir, policy=policy, progress=progress))
+    return list(build_checks_for_model(model_dir=model_dir, policy=policy, progress=progress, device=device))
 
 
 @guarded
@@ -54,8 +55,9 @@ def generate(
     batch_size: int = typer.Option(16, "--batch-size", help="Images sampled and checked per batch."),
     steps: int = typer.Option(25, "--steps", help="DDIM sampling steps."),
     device: str = typer.Option("cpu", "--device", help="Where sampling runs: cpu, cuda or auto (cuda when torch "
-                                                       "sees a GPU). An image's seed reproduces it on the same "
-                                                       "kind of device; GPU and CPU differ by rounding."),
+                                                       "sees a GPU); on a GPU the memorization and vessels checks "
+                                                       "align images there too. An image's seed reproduces it on "
+                                                       "the same kind of device; GPU and CPU differ by rounding."),
     quarantine: Optional[Path] = typer.Option(None, "--quarantine", help="Private folder for rejected samples "
                                               "(default: OUT-quarantine beside the release)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Report folder: report.json and report.html "
@@ -86,11 +88,12 @@ def generate(
     pol = load_policy(policy) if policy is not None else parse_policy(BUILTIN_POLICY, source="<built-in>")
     loaded = load_model(model if model is not None else DEFAULT_MODEL_DIR, device=device)
     resolve_labels(loaded, wanted)  # a label the model cannot make is a usage error before any heavy work
+    align = str(loaded.device) if loaded.device.type == "cuda" else None  # the checks' alignment follows sampling
     with RichProgressObserver() as progress:
         selector = None if select_confident is None else ConfidentSelector.fit(
             model=loaded, labels=list(wanted), threshold=select_confident, progress=progress)
         result = generate_release(model_dir=loaded.path, model=loaded, n=n, out_dir=out, quarantine_dir=quarantine,
-                                  checks=lambda: build_checks(loaded.path, pol, progress), policy=pol, seed=seed,
+                                  checks=lambda: build_checks(loaded.path, pol, progress, align), policy=pol, seed=seed,
                                   labels=wanted, batch_size=batch_size, steps=steps,
                                   report_dir=report if report is not None else default_report_dir(out),
                                   select=selector, progress=progress)
