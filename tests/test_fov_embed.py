@@ -226,3 +226,15 @@ def test_tapered_spectra_are_the_zero_mean_unit_norm_tapered_maps(retina) -> Non
             norm = np.linalg.norm(x)
             want = np.fft.rfft2(x / norm) if norm > 1e-6 else np.zeros_like(spec)
             assert np.abs(spec - want).max() <= 1e-5 * max(np.abs(want).max(), 1.0)
+
+
+def test_orient_contiguous_is_orient() -> None:
+    """OpenCV's flip and rotate give orient's pixels, contiguous, for every orientation (square or not)."""
+    from synfundus_guard.data.fov import orient, orient_contiguous
+
+    rng = np.random.default_rng(9)
+    for shape in [(96, 96), (96, 80), (5, 7)]:
+        img = rng.standard_normal(shape).astype(np.float32)
+        for o in range(8):
+            got = orient_contiguous(img, o)
+            assert got.flags.c_contiguous and np.array_equal(got, orient(img, o)), (shape, o)

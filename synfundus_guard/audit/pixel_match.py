@@ -20,7 +20,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from ..data.fov import WARP_VERSION, canonical_crop, crop_coverage, detect_fov, disc_mask, orient, rotate_scale
+from ..data.fov import (WARP_VERSION, canonical_crop, crop_coverage, detect_fov, disc_mask, orient_contiguous,
+                        rotate_scale)
 from ..data.memo import per_image
 from ..embed.pixel import _rank_equalise
 from ._frangi import frangi_dark
@@ -303,7 +304,7 @@ class QuerySketch:
         for i in range(0, len(missing), BATCH):
             warped = []
             for orientation, angle, scale in missing[i : i + BATCH]:
-                base = orient(self.base, orientation)
+                base = orient_contiguous(self.base, orientation)
                 warped.append(base if (angle == 0 and scale == 1) else rotate_scale(base, angle, scale))
             self._spectra.update(zip(missing[i : i + BATCH], _tapered_spectra(np.stack(warped), self.is_disc)))
         row = {k: r for r, k in enumerate(distinct)}

