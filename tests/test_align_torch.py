@@ -26,8 +26,9 @@ def test_device_names() -> None:
         assert resolve_device("auto") is None  # no GPU: the CPU path
         with pytest.raises(InputError, match="no CUDA GPU"):
             resolve_device("cuda")
-    with pytest.raises(InputError, match="unknown device"):
-        resolve_device("tpu")
+    for bad in ("tpu", "cuda:x", "cuda:", "CUDA"):
+        with pytest.raises(InputError, match="unknown device"):
+            resolve_device(bad)
     assert device_fingerprint(None) == {} and device_fingerprint("cuda:1") == {"align_device": "cuda"}
 
 

@@ -16,6 +16,7 @@ the other checks stay on the CPU.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -36,10 +37,14 @@ def resolve_device(device: str | None) -> str | None:
         return None
     if device == "torch-cpu":  # the torch path on the CPU: how the tests compare it with the numpy path
         return "cpu"
-    if device == "auto" or str(device).startswith("cuda"):
+    card = re.fullmatch(r"cuda(?::(\d+))?", str(device))
+    if device == "auto" or card:
         import torch
 
         if torch.cuda.is_available():
+            if card and card.group(1) is not None and int(card.group(1)) >= torch.cuda.device_count():
+                raise InputError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                                 f"numbered from 0")
             return "cuda" if device == "auto" else str(device)
         if device == "auto":
             return None
