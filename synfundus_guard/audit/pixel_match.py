@@ -278,6 +278,12 @@ def shift_window(products: np.ndarray, m: int) -> np.ndarray:
     return np.matmul(np.matmul(rows, products), cols).real
 
 
+def _cache_keys(keys: Sequence[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+    """Views ``(orientation, angle, scale)`` as :class:`QuerySketch` caches their spectra: angle and scale rounded,
+    so that a view reached by two sums of offsets is computed once."""
+    return [(o, round(a, 3), round(sc, 3)) for o, a, sc in keys]
+
+
 class QuerySketch:
     """A candidate image prepared for alignment against many training sketches (views built lazily)."""
 
@@ -298,7 +304,7 @@ class QuerySketch:
     def _spectrum_rows(self, keys: list[tuple[int, float, float]]) -> tuple[np.ndarray, np.ndarray]:
         """Spectra of the distinct views among ``keys`` ``(orientation, angle, scale)``, stacked, and the row of
         each key; the views not yet computed are warped and transformed in batches of :data:`BATCH`."""
-        keys = [(o, round(a, 3), round(sc, 3)) for o, a, sc in keys]
+        keys = _cache_keys(keys)
         distinct = list(dict.fromkeys(keys))
         missing = [k for k in distinct if k not in self._spectra]
         for i in range(0, len(missing), BATCH):
@@ -336,7 +342,7 @@ class QuerySketch:
 
         from ._align_torch import view_spectra, windows
 
-        keys = [(o, round(a, 3), round(sc, 3)) for o, a, sc in keys]
+        keys = _cache_keys(keys)
         missing = [k for k in dict.fromkeys(keys) if k not in self._spectra]
         if missing:
             self._spectra.update(zip(missing, view_spectra(self.base, self.is_disc, missing, self.device)))
